@@ -1,0 +1,203 @@
+"""The `ddnn` command. The only place that prints and configures logging."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ddnn.errors import DdnnError
+
+log = logging.getLogger("ddnn.cli")
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _add_train(sub: Any) -> None:
+    p = sub.add_parser("train", help="train a preset or TOML config; writes a run folder")
+    p.add_argument("config", nargs="?", help="preset name (ddnn, lenet5, ...) or .toml path")
+    p.add_argument("--dataset", help="fashion-mnist, mnist, digits, synthetic")
+    p.add_argument("--data-dir", help="folder with the dataset's files")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--limit", type=int, help="train on the first N samples only")
+    p.add_argument("--out", help="run folder (default: runs/<preset>)")
+    p.add_argument("--from", dest="init_from", help="fine-tune this stored model: new version")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    p.set_defaults(handler=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ddnn.evaluate.tables import report_text
+    from ddnn.train.config import load_experiment, resume_experiment
+    from ddnn.train.trainer import train_experiment
+
+    if args.resume:
+        exp, run_dir = resume_experiment(args.resume), Path(args.resume)
+    else:
+        if not args.config and not args.init_from:
+            raise DdnnError("name a preset or config to train, or --from a stored model")
+        overrides = {
+            "dataset": args.dataset, "data_dir": args.data_dir, "epochs": args.epochs,
+            "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "limit": args.limit,
+        }  # fmt: skip
+        exp = load_experiment(args.config or _stored_config(args.init_from), **overrides)
+        run_dir = Path(args.out or f"runs/{exp.model.name}")
+    report = train_experiment(exp, run_dir, args.init_from, resume=bool(args.resume))
+    print(report_text(report, f"{exp.model.name}: test split, thresholds calibrated on validation"))
+    print(f"\nrun folder: {run_dir}")
+    return 0
+
+
+def _stored_config(folder: str) -> str:
+    """Fine-tuning without a config: reuse the training config saved in the model's run folder."""
+    from ddnn.model.presets import preset_names
+    from ddnn.store.artifact import read_spec_doc
+
+    name = read_spec_doc(folder)["name"]
+    if name not in preset_names():
+        raise DdnnError(
+            f"{folder}: name the config to fine-tune with (model {name!r} is no preset)"
+        )
+    return str(name)
+
+
+def _add_evaluate(sub: Any) -> None:
+    p = sub.add_parser("evaluate", help="run the exit policy on the test split and report")
+    p.add_argument("run_dir")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--threshold", type=float, help="one threshold for every early exit")
+    g.add_argument("--sweep", action="store_true", help="table and PNG over thresholds 0..1")
+    p.add_argument("--dataset", help="default: the dataset the model was trained on")
+    p.add_argument("--data-dir")
+    p.add_argument("--split", choices=("test", "val"), default="test")
+    p.add_argument("--limit", type=int, help="evaluate on the first N samples only")
+    p.add_argument("--plot", help="PNG path for --sweep (default: RUN_DIR/sweep.png)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=cmd_evaluate)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ddnn.data.datasets import create_dataset
+    from ddnn.evaluate.calibrate import plot_sweep, sweep
+    from ddnn.evaluate.runner import collect_outputs, device_ablation, evaluate_outputs
+    from ddnn.evaluate.tables import (
+        REPORT_COLUMNS,
+        ablation_text,
+        markdown_table,
+        report_row,
+        report_text,
+    )
+    from ddnn.store.artifact import load_model, read_spec_doc
+
+    doc = read_spec_doc(args.run_dir)
+    model = load_model(args.run_dir)
+    name = args.dataset or doc.get("metrics", {}).get("dataset")
+    if not name:
+        raise DdnnError(f"{args.run_dir}: the dataset is not recorded; pass --dataset")
+    data = create_dataset(name, args.data_dir, val_fraction=0.1)
+    split = (data.test if args.split == "test" else data.val).head(args.limit)
+    outputs = collect_outputs(model, split)
+    n_free = len(outputs.names) - 1
+    if args.sweep:
+        rows = sweep(outputs, lambda t: evaluate_outputs(model, outputs, t))
+        plot = args.plot or str(Path(args.run_dir) / "sweep.png")
+        plot_sweep(rows, plot, f"{doc['name']} v{doc['version']} on {name} {args.split}")
+        if args.json:
+            print(json.dumps({"sweep": rows, "plot": plot}))
+        else:
+            print(markdown_table(REPORT_COLUMNS, [report_row(r) for r in rows]))
+            print(f"\nplot: {plot}")
+        return 0
+    thresholds = None if args.threshold is None else [args.threshold] * n_free
+    report = evaluate_outputs(model, outputs, thresholds)
+    ablation = device_ablation(model, split) if model.spec.devices > 1 else None
+    if args.json:
+        print(json.dumps(report | ({"device_ablation": ablation} if ablation else {})))
+        return 0
+    print(report_text(report, f"{doc['name']} v{doc['version']} on {name} {args.split}"))
+    if ablation:
+        print("\nwith devices missing:\n" + ablation_text(ablation))
+    return 0
+
+
+def _add_info(sub: Any) -> None:
+    p = sub.add_parser("info", help="what a stored model is: sections, tiers, sizes, metrics")
+    p.add_argument("run_dir")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_info)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from ddnn.store.info import model_info, model_info_text
+
+    info = model_info(args.run_dir)
+    print(json.dumps(info, indent=2) if args.json else model_info_text(info))
+    return 0
+
+
+def _add_bench(sub: Any) -> None:
+    p = sub.add_parser("bench", help="benchmarks that print ratios against a same-run baseline")
+    bsub = p.add_subparsers(dest="bench", required=True)
+    t = bsub.add_parser("train", help="framework epoch vs a plain PyTorch loop")
+    t.add_argument("--preset", default="ddnn")
+    t.add_argument("--dataset", default="fashion-mnist")
+    t.add_argument("--data-dir")
+    t.add_argument("--samples", type=int, default=12800, help="training samples per epoch")
+    t.add_argument("--repeats", type=int, default=5)
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(handler=cmd_bench_train)
+
+
+def cmd_bench_train(args: argparse.Namespace) -> int:
+    from ddnn.bench.train_overhead import bench_train, bench_train_text
+
+    result = bench_train(args.preset, args.dataset, args.data_dir, args.samples, args.repeats)
+    print(json.dumps(result) if args.json else bench_train_text(result))
+    return 0
+
+
+COMMANDS: Sequence[Callable[[Any], None]] = (_add_train, _add_evaluate, _add_info, _add_bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ddnn", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = (
+        logging.WARNING
+        if args.verbose == 0
+        else logging.INFO
+        if args.verbose == 1
+        else logging.DEBUG
+    )
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.handler(args))
+    except DdnnError as exc:
+        print(f"ddnn {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"ddnn {args.command}: error: {exc.filename or exc}: not found", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ddnn {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

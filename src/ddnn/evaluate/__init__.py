@@ -1,0 +1,1 @@
+"""Exit policy, accuracy and communication metrics, threshold sweeps and calibration."""

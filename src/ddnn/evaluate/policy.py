@@ -1,0 +1,57 @@
+"""The exit policy: a sample leaves at the first exit whose normalized entropy is below its
+threshold (and, for a Big-Little exit, whose answer is a prioritized class, not "other")."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ddnn.nn.entropy import normalized_entropy_np
+
+OTHER = -1  # prediction of a Big-Little exit that says "not one of my classes"
+
+
+@dataclass
+class ExitOutputs:
+    """Every exit's answer for every sample of an evaluation set (all exits are computed)."""
+
+    names: list[str]  # exit (section) names, in the order a sample meets them
+    logits: list[np.ndarray]  # per exit [N, C_exit]
+    labels: np.ndarray  # [N] dataset classes
+    class_maps: list[np.ndarray | None]  # per exit: exit class index -> dataset class (OTHER)
+    devices_present: np.ndarray  # [N] how many devices took part (for byte counts)
+
+    @property
+    def predictions(self) -> np.ndarray:
+        """[E, N] dataset-class predictions per exit (OTHER where an exit says "other")."""
+        preds = []
+        for logits, cmap in zip(self.logits, self.class_maps, strict=True):
+            p = logits.argmax(axis=1)
+            preds.append(p if cmap is None else cmap[p])
+        return np.stack(preds)
+
+    @property
+    def entropies(self) -> np.ndarray:
+        """[E, N] normalized entropy per exit."""
+        return np.stack([normalized_entropy_np(lg) for lg in self.logits])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def choose_exits(
+    entropies: np.ndarray, predictions: np.ndarray, thresholds: Sequence[float]
+) -> np.ndarray:
+    """[E, N] entropies and predictions, E - 1 thresholds -> [N] index of the exit taken."""
+    n_exits, n = entropies.shape
+    if len(thresholds) != n_exits - 1:
+        raise ValueError(f"{n_exits} exits need {n_exits - 1} thresholds, got {len(thresholds)}")
+    taken = np.full(n, n_exits - 1, dtype=np.int64)
+    undecided = np.ones(n, dtype=bool)
+    for e, t in enumerate(thresholds):
+        leave = undecided & (entropies[e] < t) & (predictions[e] != OTHER)
+        taken[leave] = e
+        undecided &= ~leave
+    return taken

@@ -1,0 +1,86 @@
+"""Run a model over a split once, keeping every exit's logits, so any threshold can be scored
+without running the model again."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ddnn.data.datasets import Split
+from ddnn.data.views import split_views
+from ddnn.evaluate.communication import CommCosts
+from ddnn.evaluate.metrics import report
+from ddnn.evaluate.policy import OTHER, ExitOutputs
+from ddnn.model.hierarchy import HierarchicalModel
+
+
+def class_map(model: HierarchicalModel, name: str) -> np.ndarray | None:
+    """Exit class index -> dataset class for a Big-Little exit (last index is "other")."""
+    exit_spec = model.spec.section(name).exit
+    if exit_spec is None or exit_spec.classes is None:
+        return None
+    return np.array([*exit_spec.classes, OTHER], dtype=np.int64)
+
+
+@torch.no_grad()
+def collect_outputs(
+    model: HierarchicalModel,
+    split: Split,
+    batch_size: int = 512,
+    present: Tensor | None = None,
+) -> ExitOutputs:
+    """present [D] bool: which devices take part (None: all of them)."""
+    model.eval()
+    logits: dict[str, list[np.ndarray]] = {}
+    devices = model.spec.devices
+    mask = present if present is not None else torch.ones(devices, dtype=torch.bool)
+    for x, _ in split.batches(batch_size):
+        views = split_views(x, model.spec)  # [B, D, C, h, w]
+        batch_mask = mask.expand(len(x), devices)  # [B, D]
+        for name, value in model(views, batch_mask).items():
+            logits.setdefault(name, []).append(value.numpy())
+    names = list(logits)
+    return ExitOutputs(
+        names=names,
+        logits=[np.concatenate(logits[n]) for n in names],
+        labels=split.labels.numpy(),
+        class_maps=[class_map(model, n) for n in names],
+        devices_present=np.full(len(split), int(mask.sum()), dtype=np.int64),
+    )
+
+
+def has_local_exit(model: HierarchicalModel) -> bool:
+    dev = model.spec.device_section
+    return dev is not None and dev.exit is not None
+
+
+def evaluate_outputs(
+    model: HierarchicalModel, outputs: ExitOutputs, thresholds: list[float] | None = None
+) -> dict[str, Any]:
+    """Report for stored thresholds (None) or the given ones (one per non-final exit)."""
+    if thresholds is None:
+        thresholds = list(model.spec.thresholds.values())
+    dev = model.spec.device_section
+    prio = dev.exit.classes if dev is not None and dev.exit is not None else None
+    return report(outputs, thresholds, CommCosts.of(model), has_local_exit(model), prio)
+
+
+def device_ablation(model: HierarchicalModel, split: Split) -> list[dict[str, Any]]:
+    """For a multi-device model: the report with all devices, with each one missing, and with
+    each one alone (the single-device baselines fusion must beat)."""
+    devices = model.spec.devices
+    rows = []
+    cases: list[tuple[str, list[int]]] = [("all", list(range(devices)))]
+    cases += [
+        (f"without device {d}", [i for i in range(devices) if i != d]) for d in range(devices)
+    ]
+    cases += [(f"device {d} alone", [d]) for d in range(devices)]
+    for label, members in cases:
+        mask = torch.zeros(devices, dtype=torch.bool)
+        mask[members] = True
+        rep = evaluate_outputs(model, collect_outputs(model, split, present=mask))
+        rows.append({"devices": label, **rep})
+    return rows

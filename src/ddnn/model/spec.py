@@ -1,0 +1,206 @@
+"""The model spec: which layers form each tier's section, where the exits are, how devices fuse.
+
+The network itself is tier-agnostic; this spec is the partition. It is stored beside the weights
+(store/), so a device, an edge or a server can rebuild just the section it runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from ddnn.errors import DdnnError
+
+TIERS = ("device", "edge", "cloud")
+LAYER_TYPES = ("conv", "bconv", "linear", "blinear", "pool", "pad", "dropout")
+ACTIVATIONS = ("relu", "tanh", "sign", "none")
+AGGREGATORS = ("max", "avg", "concat")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One block. conv: conv -> [bn] -> act -> [pool]; bconv (eBNN ConvP): binary conv ->
+    [pool] -> bn -> sign; linear: linear -> [bn] -> act; blinear: binary linear -> bn -> act.
+    `out = 0` on the last layer of an exit means "as many outputs as the exit has classes"."""
+
+    type: str
+    out: int = 0
+    kernel: int = 3
+    stride: int = 1
+    padding: int | None = None  # None: "same" padding, kernel // 2
+    pool: int = 1
+    activation: str = "relu"
+    batch_norm: bool = True
+    p: float = 0.0  # dropout probability
+
+
+@dataclass(frozen=True)
+class ExitSpec:
+    """An early exit: a small classifier after a section and the entropy threshold it uses."""
+
+    layers: tuple[LayerSpec, ...]
+    threshold: float = 0.5
+    weight: float = 1.0  # weight of this exit's cross-entropy in the joint loss
+    classes: tuple[int, ...] | None = None  # prioritized classes (Big-Little); adds "other"
+    aggregate: str = "max"  # fuses the devices' exit scores when there are several devices
+
+
+@dataclass(frozen=True)
+class SectionSpec:
+    """The layers one tier runs, fed by the previous section's features or by the raw input."""
+
+    name: str
+    tier: str
+    layers: tuple[LayerSpec, ...] = ()
+    input: str = "previous"  # "previous" or "raw" (Big-Little's big net sees the raw input)
+    aggregate: str = "concat"  # fuses the devices' features entering this section
+    exit: ExitSpec | None = None
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """What each end device sees of a sample: the full image, or one crop per device."""
+
+    kind: str = "full"  # "full" or "crops"
+    size: tuple[int, int] = (0, 0)  # crop height, width (crops only)
+    offsets: tuple[tuple[int, int], ...] = ()  # top-left (y, x) per device (crops only)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Architecture plus tier mapping; dataset facts (classes, shape, normalization) are filled in
+    when a model is built for a dataset."""
+
+    name: str
+    sections: tuple[SectionSpec, ...]
+    devices: int = 1
+    views: ViewSpec = field(default_factory=ViewSpec)
+    num_classes: int = 0
+    input_shape: tuple[int, int, int] = (0, 0, 0)  # C, H, W of a full sample
+    class_names: tuple[str, ...] = ()
+    mean: float = 0.0
+    std: float = 1.0
+
+    @property
+    def view_shape(self) -> tuple[int, int, int]:
+        """C, h, w of the input one device sees."""
+        if self.views.kind == "full":
+            return self.input_shape
+        return (self.input_shape[0], *self.views.size)
+
+    @property
+    def exit_sections(self) -> tuple[SectionSpec, ...]:
+        """Sections with an exit, in the order a sample meets them."""
+        return tuple(s for s in self.sections if s.exit is not None)
+
+    @property
+    def device_section(self) -> SectionSpec | None:
+        first = self.sections[0]
+        return first if first.tier == "device" else None
+
+    def section(self, name: str) -> SectionSpec:
+        for s in self.sections:
+            if s.name == name:
+                return s
+        raise DdnnError(f"no section {name!r}; sections: {[s.name for s in self.sections]}")
+
+    def exit_num_classes(self, section: SectionSpec) -> int:
+        assert section.exit is not None
+        classes = section.exit.classes
+        return self.num_classes if classes is None else len(classes) + 1
+
+    def with_dataset(
+        self,
+        num_classes: int,
+        input_shape: tuple[int, int, int],
+        class_names: tuple[str, ...],
+        mean: float,
+        std: float,
+    ) -> ModelSpec:
+        spec = replace(
+            self,
+            num_classes=num_classes,
+            input_shape=input_shape,
+            class_names=class_names,
+            mean=mean,
+            std=std,
+        )
+        spec.validate()
+        return spec
+
+    def with_thresholds(self, thresholds: dict[str, float]) -> ModelSpec:
+        """A copy whose non-final exits use `thresholds` (section name -> T)."""
+        sections = []
+        for s in self.sections:
+            if s.exit is not None and s.name in thresholds:
+                s = replace(s, exit=replace(s.exit, threshold=float(thresholds[s.name])))
+            sections.append(s)
+        return replace(self, sections=tuple(sections))
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """Thresholds of the exits that can stop a sample early (all but the final one)."""
+        exits = self.exit_sections[:-1]
+        return {s.name: s.exit.threshold for s in exits if s.exit is not None}
+
+    def validate(self) -> None:
+        """Raise DdnnError naming the first thing wrong with this spec."""
+        if not self.sections:
+            raise DdnnError(f"model {self.name!r} has no sections")
+        if self.devices < 1:
+            raise DdnnError(f"model {self.name!r}: devices must be >= 1, got {self.devices}")
+        names = [s.name for s in self.sections]
+        if len(set(names)) != len(names):
+            raise DdnnError(f"model {self.name!r}: section names repeat: {names}")
+        order = [TIERS.index(s.tier) if s.tier in TIERS else -1 for s in self.sections]
+        if -1 in order:
+            raise DdnnError(f"model {self.name!r}: tier must be one of {TIERS}")
+        if order != sorted(order) or len(set(order)) != len(order):
+            raise DdnnError(
+                f"model {self.name!r}: at most one section per tier, in the order {TIERS}"
+            )
+        if self.sections[-1].exit is None:
+            raise DdnnError(f"model {self.name!r}: the last section needs an exit (final exit)")
+        if self.devices > 1 and self.device_section is None:
+            raise DdnnError(f"model {self.name!r}: several devices need a device-tier section")
+        for i, s in enumerate(self.sections):
+            self._validate_section(s, first=i == 0)
+        self._validate_views()
+
+    def _validate_section(self, s: SectionSpec, first: bool) -> None:
+        where = f"model {self.name!r} section {s.name!r}"
+        if s.input not in ("previous", "raw"):
+            raise DdnnError(f"{where}: input must be 'previous' or 'raw', got {s.input!r}")
+        if s.aggregate not in AGGREGATORS:
+            raise DdnnError(f"{where}: aggregate must be one of {AGGREGATORS}")
+        layers = list(s.layers) + (list(s.exit.layers) if s.exit else [])
+        for layer in layers:
+            if layer.type not in LAYER_TYPES:
+                raise DdnnError(f"{where}: layer type {layer.type!r}; valid: {LAYER_TYPES}")
+            if layer.activation not in ACTIVATIONS:
+                raise DdnnError(f"{where}: activation {layer.activation!r}; valid: {ACTIVATIONS}")
+        if s.exit is not None:
+            if s.exit.aggregate not in ("max", "avg"):
+                raise DdnnError(f"{where}: exit aggregate must be 'max' or 'avg'")
+            if not 0.0 <= s.exit.threshold <= 1.0:
+                raise DdnnError(f"{where}: exit threshold must be in [0, 1]")
+            for c in s.exit.classes or ():
+                if not 0 <= c < self.num_classes:
+                    raise DdnnError(f"{where}: prioritized class {c} is not a class of the data")
+
+    def _validate_views(self) -> None:
+        v = self.views
+        if v.kind == "full":
+            return
+        if v.kind != "crops":
+            raise DdnnError(f"model {self.name!r}: views.kind must be 'full' or 'crops'")
+        if len(v.offsets) != self.devices:
+            raise DdnnError(
+                f"model {self.name!r}: {len(v.offsets)} crop offsets for {self.devices} devices"
+            )
+        _, height, width = self.input_shape
+        for y, x in v.offsets:
+            if y < 0 or x < 0 or y + v.size[0] > height or x + v.size[1] > width:
+                raise DdnnError(
+                    f"model {self.name!r}: crop {v.size} at ({y}, {x}) leaves the "
+                    f"{height}x{width} image"
+                )

@@ -1,0 +1,1 @@
+"""Building blocks: binarized layers, blocks built from layer specs, normalized entropy."""

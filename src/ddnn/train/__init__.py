@@ -1,0 +1,1 @@
+"""Joint training of all exits, resuming, fine-tuning."""

@@ -1,0 +1,244 @@
+"""Joint training of every exit, with a run folder: the resolved config, per-epoch metrics (JSON
+lines), the best model (store format) and a resumable training state."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ddnn.config import to_dict
+from ddnn.data.datasets import Dataset, Split, create_dataset
+from ddnn.data.views import split_views
+from ddnn.evaluate.calibrate import calibrate
+from ddnn.evaluate.runner import collect_outputs, evaluate_outputs
+from ddnn.model.hierarchy import HierarchicalModel
+from ddnn.nn.binary import BinaryConv2d, BinaryLinear, clip_latent_weights
+from ddnn.store.artifact import load_model, read_spec, read_spec_doc, save_model
+from ddnn.train.config import Experiment, TrainConfig
+from ddnn.train.loss import joint_loss, target_maps
+from ddnn.train.state import load_train_state, save_train_state
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+EPOCHS_FILE = "metrics.jsonl"
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    total = cfg.epochs * steps_per_epoch
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    if cfg.schedule == "step":
+        milestones = [total // 2, (3 * total) // 4]
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
+    return None
+
+
+def random_presence(batch: int, devices: int, p_drop: float, gen: torch.Generator) -> Tensor | None:
+    """[B, D] bool with each device dropped with probability p_drop, at least one kept."""
+    if devices == 1 or p_drop == 0.0:
+        return None
+    present = torch.rand(batch, devices, generator=gen) >= p_drop  # [B, D]
+    keep = torch.randint(0, devices, (batch,), generator=gen)  # [B] one device always present
+    present[torch.arange(batch), keep] = True
+    return present
+
+
+@dataclass
+class StepContext:
+    """What one training step needs besides the batch; built once per run, not per step."""
+
+    model: HierarchicalModel
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    maps: dict[str, Tensor]
+    device_dropout: float
+    generator: torch.Generator
+    has_binary: bool
+
+
+def train_step(ctx: StepContext, x: Tensor, y: Tensor) -> Tensor:
+    """One optimizer step on x [B, C, H, W], y [B]; returns the detached joint loss."""
+    spec = ctx.model.spec
+    views = split_views(x, spec)  # [B, D, C, h, w]
+    present = random_presence(len(x), spec.devices, ctx.device_dropout, ctx.generator)
+    logits = ctx.model(views, present)
+    loss, _ = joint_loss(logits, y, spec, ctx.maps)
+    ctx.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    ctx.optimizer.step()
+    if ctx.scheduler is not None:
+        ctx.scheduler.step()
+    if ctx.has_binary:
+        clip_latent_weights(ctx.model)
+    return loss.detach()
+
+
+def run_epoch(ctx: StepContext, split: Split, batch_size: int, desc: str | None = None) -> float:
+    """One pass over `split`; returns the mean joint loss. A progress bar unless desc is None."""
+    ctx.model.train()
+    total = torch.zeros(())
+    steps = math.ceil(len(split) / batch_size)
+    batches = split.batches(batch_size, shuffle=True, generator=ctx.generator)
+    bar = tqdm(batches, total=steps, desc=desc, leave=False, mininterval=1.0, disable=desc is None)
+    for x, y in bar:
+        total += train_step(ctx, x, y)
+    return float(total) / max(steps, 1)
+
+
+def _accuracy_by_exit(model: HierarchicalModel, split: Split) -> dict[str, float]:
+    out = collect_outputs(model, split)
+    correct = out.predictions == out.labels[None, :]
+    return {name: float(c.mean()) for name, c in zip(out.names, correct, strict=True)}
+
+
+class Trainer:
+    """Trains one experiment into a run folder."""
+
+    def __init__(
+        self,
+        experiment: Experiment,
+        run_dir: str | Path,
+        dataset: Dataset | None = None,
+        init_from: str | Path | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.cfg = experiment.train
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.data = dataset or create_dataset(
+            self.cfg.dataset, self.cfg.data_dir, self.cfg.seed, self.cfg.val_fraction
+        )
+        torch.manual_seed(self.cfg.seed)
+        self.parent: str | None = None
+        self.version = 1
+        if init_from is not None:  # fine-tuning: the stored architecture, a new version
+            self.model = load_model(init_from)
+            self.parent = str(Path(init_from).resolve())
+            self.version = int(read_spec_doc(init_from)["version"]) + 1
+        else:
+            mean, std = self.data.normalization()
+            spec = experiment.model.with_dataset(
+                self.data.num_classes, self.data.input_shape, self.data.class_names, mean, std
+            )
+            self.model = HierarchicalModel(spec)
+        self.train_split = self.data.train.head(self.cfg.limit)
+        steps = math.ceil(len(self.train_split) / self.cfg.batch_size)
+        optimizer = make_optimizer(self.model, self.cfg)
+        self.ctx = StepContext(
+            model=self.model,
+            optimizer=optimizer,
+            scheduler=make_scheduler(optimizer, self.cfg, steps),
+            maps=target_maps(self.model.spec),
+            device_dropout=self.cfg.device_dropout,
+            generator=torch.Generator().manual_seed(self.cfg.seed),
+            has_binary=any(
+                isinstance(m, BinaryConv2d | BinaryLinear) for m in self.model.modules()
+            ),
+        )
+        self.start_epoch = 1
+        self.best = -1.0
+
+    def resume(self) -> None:
+        """Continue an interrupted run from its last finished epoch."""
+        info = load_train_state(self.run_dir, self.model, self.ctx.optimizer, self.ctx.scheduler)
+        self.ctx.generator.set_state(torch.tensor(info["generator"], dtype=torch.uint8))
+        self.start_epoch, self.best = info["epoch"] + 1, info["best"]
+        self.version, self.parent = info["version"], info["parent"]
+        log.info("resuming %s after epoch %d", self.run_dir, info["epoch"])
+
+    def fit(self) -> dict[str, Any]:
+        """Train, keep the best epoch by validation accuracy of the final exit, calibrate the
+        thresholds on validation and report on test. Returns the test report."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / CONFIG_FILE).write_text(
+            json.dumps({"train": to_dict(self.cfg), "model": to_dict(self.model.spec)}, indent=2)
+        )
+        before = self._baseline_report()
+        final_exit = self.model.spec.exit_sections[-1].name
+        for epoch in range(self.start_epoch, self.cfg.epochs + 1):
+            t0 = time.perf_counter()
+            loss = run_epoch(
+                self.ctx, self.train_split, self.cfg.batch_size,
+                f"epoch {epoch}/{self.cfg.epochs}" if self.progress else None,
+            )  # fmt: skip
+            seconds = time.perf_counter() - t0
+            val = _accuracy_by_exit(self.model, self.data.val)
+            record = {"epoch": epoch, "loss": loss, "val_accuracy": val, "seconds": seconds}
+            with (self.run_dir / EPOCHS_FILE).open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            log.info("epoch %d loss %.4f val %s (%.1fs)", epoch, loss, val, seconds)
+            if val[final_exit] > self.best:
+                self.best = val[final_exit]
+                save_model(self.model, self.run_dir, self.version, self.parent)
+            save_train_state(
+                self.run_dir, self.model, self.ctx.optimizer, self.ctx.scheduler,
+                {
+                    "epoch": epoch, "best": self.best, "version": self.version,
+                    "parent": self.parent, "generator": self.ctx.generator.get_state().tolist(),
+                },
+            )  # fmt: skip
+        return self.finish(before)
+
+    def _baseline_report(self) -> dict[str, Any] | None:
+        """When fine-tuning: the parent's test report on this data, to compare after."""
+        if self.parent is None:
+            return None
+        return evaluate_outputs(self.model, collect_outputs(self.model, self.data.test))
+
+    def finish(self, before: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Calibrate on validation, store thresholds and metrics with the best model."""
+        best = load_model(self.run_dir)
+        val_out = collect_outputs(best, self.data.val)
+        thresholds = calibrate(
+            val_out, self.cfg.calibrate, self.cfg.tolerance, self.cfg.target_fraction
+        )
+        names = [s.name for s in best.spec.exit_sections[:-1]]
+        best.spec = best.spec.with_thresholds(dict(zip(names, thresholds, strict=True)))
+        test = evaluate_outputs(best, collect_outputs(best, self.data.test))
+        metrics: dict[str, Any] = {
+            "dataset": self.data.name,
+            "calibration": {"mode": self.cfg.calibrate, "split": "validation"},
+            "validation": evaluate_outputs(best, val_out),
+            "test": test,
+        }
+        if before is not None:
+            metrics["before_fine_tuning"] = before
+        save_model(best, self.run_dir, self.version, self.parent, metrics)
+        (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        return test
+
+
+def train_experiment(
+    experiment: Experiment,
+    run_dir: str | Path,
+    init_from: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The `ddnn train` entry point; returns the test report."""
+    if init_from is not None:
+        experiment = replace(experiment, model=read_spec(init_from))
+    trainer = Trainer(experiment, run_dir, init_from=init_from, progress=progress)
+    if resume:
+        trainer.resume()
+    return trainer.fit()

@@ -1,0 +1,62 @@
+import json
+
+import pytest
+import torch
+
+from ddnn.data.datasets import create_dataset
+from ddnn.data.views import split_views
+from ddnn.errors import DdnnError
+from ddnn.store.artifact import load_model, read_spec_doc, save_model
+
+
+def test_round_trip_is_bit_identical(tiny_ddnn, tmp_path):
+    model = load_model(tiny_ddnn)
+    x = create_dataset("synthetic").test.images[:16].float() / 255
+    views = split_views(x, model.spec)
+    before = model(views)
+    copy_dir = save_model(model, tmp_path / "copy", version=3)
+    again = load_model(copy_dir)
+    after = again(views)
+    for name in before:
+        assert torch.equal(before[name], after[name])
+    assert read_spec_doc(copy_dir)["version"] == 3
+    assert again.spec == model.spec
+
+
+def test_one_file_per_part_and_a_device_needs_only_its_own(tiny_multiview):
+    files = sorted(p.name for p in (tiny_multiview / "weights").iterdir())
+    assert files == sorted([f"device{i}.safetensors" for i in range(4)] + ["cloud.safetensors"])
+    full = load_model(tiny_multiview)
+    only = load_model(tiny_multiview, parts=["device2"])
+    view = torch.rand(3, 1, 20, 20)
+    assert torch.equal(full.run_device(2, view).logits, only.run_device(2, view).logits)
+
+
+def test_tampered_weights_are_refused(tiny_ddnn, tmp_path):
+    copy_dir = save_model(load_model(tiny_ddnn), tmp_path / "m")
+    path = copy_dir / "weights" / "cloud.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(DdnnError, match="hash"):
+        load_model(copy_dir)
+
+
+def test_unknown_format_and_missing_folder(tiny_ddnn, tmp_path):
+    copy_dir = save_model(load_model(tiny_ddnn), tmp_path / "m")
+    doc = json.loads((copy_dir / "spec.json").read_text())
+    doc["format"] = "ddnn-model/99"
+    (copy_dir / "spec.json").write_text(json.dumps(doc))
+    with pytest.raises(DdnnError, match="unknown model format"):
+        load_model(copy_dir)
+    with pytest.raises(DdnnError, match="not a folder"):
+        load_model(tmp_path / "nothing-here")
+
+
+def test_spec_records_thresholds_classes_normalization(tiny_ddnn):
+    doc = read_spec_doc(tiny_ddnn)
+    model = doc["model"]
+    assert model["class_names"] == ["c0", "c1", "c2", "c3"]
+    assert 0.0 < model["mean"] < 1.0 and model["std"] > 0
+    assert model["sections"][0]["tier"] == "device"
+    assert "device" in doc["metrics"]["test"]["thresholds"]
