@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -145,6 +146,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 def _add_bench(sub: Any) -> None:
     p = sub.add_parser("bench", help="benchmarks that print ratios against a same-run baseline")
     bsub = p.add_subparsers(dest="bench", required=True)
+    for area in AREAS:
+        module = importlib.import_module(area)
+        if hasattr(module, "register_bench"):
+            module.register_bench(bsub)
     t = bsub.add_parser("train", help="framework epoch vs a plain PyTorch loop")
     t.add_argument("--preset", default="ddnn")
     t.add_argument("--dataset", default="fashion-mnist")
@@ -164,6 +169,10 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
 
 
 COMMANDS: Sequence[Callable[[Any], None]] = (_add_train, _add_evaluate, _add_info, _add_bench)
+# Feature areas register their own subcommands: module.register(sub) for top-level commands and
+# module.register_bench(bench_sub) for `ddnn bench ...`; imported lazily so a command's heavy
+# dependencies load only when it runs.
+AREAS: Sequence[str] = ()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(sub)
+    for area in AREAS:
+        module = importlib.import_module(area)
+        if hasattr(module, "register"):
+            module.register(sub)
     return parser
 
 
