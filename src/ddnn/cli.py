@@ -31,6 +31,9 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--out", help="run folder (default: runs/<preset>)")
     p.add_argument("--from", dest="init_from", help="fine-tune this stored model: new version")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    from ddnn.distributed.commands import add_train_arguments
+
+    add_train_arguments(p)
     p.set_defaults(handler=cmd_train)
 
 
@@ -50,7 +53,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         }  # fmt: skip
         exp = load_experiment(args.config or _stored_config(args.init_from), **overrides)
         run_dir = Path(args.out or f"runs/{exp.model.name}")
-    report = train_experiment(exp, run_dir, args.init_from, resume=bool(args.resume))
+    from ddnn.distributed.commands import is_distributed, train_distributed
+
+    if is_distributed(args):
+        distributed = train_distributed(args, exp, run_dir)
+        if distributed is None:  # a rank other than 0: rank 0 reports
+            return 0
+        report = distributed
+    else:
+        report = train_experiment(exp, run_dir, args.init_from, resume=bool(args.resume))
     print(report_text(report, f"{exp.model.name}: test split, thresholds calibrated on validation"))
     print(f"\nrun folder: {run_dir}")
     return 0
@@ -172,7 +183,11 @@ COMMANDS: Sequence[Callable[[Any], None]] = (_add_train, _add_evaluate, _add_inf
 # Feature areas register their own subcommands: module.register(sub) for top-level commands and
 # module.register_bench(bench_sub) for `ddnn bench ...`; imported lazily so a command's heavy
 # dependencies load only when it runs.
-AREAS: Sequence[str] = ()
+AREAS: Sequence[str] = (
+    "ddnn.runtime.commands",
+    "ddnn.export.commands",
+    "ddnn.distributed.commands",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

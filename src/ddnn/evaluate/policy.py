@@ -26,11 +26,8 @@ class ExitOutputs:
     @property
     def predictions(self) -> np.ndarray:
         """[E, N] dataset-class predictions per exit (OTHER where an exit says "other")."""
-        preds = []
-        for logits, cmap in zip(self.logits, self.class_maps, strict=True):
-            p = logits.argmax(axis=1)
-            preds.append(p if cmap is None else cmap[p])
-        return np.stack(preds)
+        pairs = zip(self.logits, self.class_maps, strict=True)
+        return np.stack([exit_predictions(lg, cmap) for lg, cmap in pairs])
 
     @property
     def entropies(self) -> np.ndarray:
@@ -39,6 +36,18 @@ class ExitOutputs:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+
+def confident(entropy: np.ndarray, prediction: np.ndarray, threshold: float) -> np.ndarray:
+    """Whether an exit may answer: entropy below its threshold and not "other". Shared by the
+    evaluation and every runtime tier, so both decide alike."""
+    return (entropy < threshold) & (prediction != OTHER)
+
+
+def exit_predictions(logits: np.ndarray, cmap: np.ndarray | None) -> np.ndarray:
+    """logits [..., C_exit] -> dataset-class predictions [...] (OTHER for "other")."""
+    p = logits.argmax(axis=-1)
+    return p if cmap is None else cmap[p]
 
 
 def choose_exits(
@@ -51,7 +60,7 @@ def choose_exits(
     taken = np.full(n, n_exits - 1, dtype=np.int64)
     undecided = np.ones(n, dtype=bool)
     for e, t in enumerate(thresholds):
-        leave = undecided & (entropies[e] < t) & (predictions[e] != OTHER)
+        leave = undecided & confident(entropies[e], predictions[e], t)
         taken[leave] = e
         undecided &= ~leave
     return taken

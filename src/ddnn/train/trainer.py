@@ -166,6 +166,11 @@ class Trainer:
         self.version, self.parent = info["version"], info["parent"]
         log.info("resuming %s after epoch %d", self.run_dir, info["epoch"])
 
+    def train_epoch(self, epoch: int) -> float:
+        """One epoch's mean loss: a method so distributed training can shard and synchronize."""
+        desc = f"epoch {epoch}/{self.cfg.epochs}" if self.progress else None
+        return run_epoch(self.ctx, self.train_split, self.cfg.batch_size, desc)
+
     def fit(self) -> dict[str, Any]:
         """Train, keep the best epoch by validation accuracy of the final exit, calibrate the
         thresholds on validation and report on test. Returns the test report."""
@@ -177,10 +182,7 @@ class Trainer:
         final_exit = self.model.spec.exit_sections[-1].name
         for epoch in range(self.start_epoch, self.cfg.epochs + 1):
             t0 = time.perf_counter()
-            loss = run_epoch(
-                self.ctx, self.train_split, self.cfg.batch_size,
-                f"epoch {epoch}/{self.cfg.epochs}" if self.progress else None,
-            )  # fmt: skip
+            loss = self.train_epoch(epoch)
             seconds = time.perf_counter() - t0
             val = _accuracy_by_exit(self.model, self.data.val)
             record = {"epoch": epoch, "loss": loss, "val_accuracy": val, "seconds": seconds}

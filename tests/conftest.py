@@ -32,3 +32,8 @@ def tiny_multiview(tmp_path_factory) -> Path:
 def trainer():
     """The tiny-training function itself, for tests that need their own run."""
     return train_tiny
+
+
+@pytest.fixture(scope="session")
+def tiny_3tier(tmp_path_factory) -> Path:
+    return train_tiny("ddnn-3tier", tmp_path_factory.mktemp("3tier") / "run", epochs=1)

@@ -1,0 +1,242 @@
+"""`ddnn bench runtime`, on one Mosquitto in one run:
+
+1. the framework's round trip for an offloaded request (device -> broker -> server worker ->
+   broker -> device, the server's compute subtracted) against a bare paho echo of a payload of
+   the same size;
+2. bytes on the wire per offloaded request against its payload;
+3. server throughput (many requests in flight) against the same section's in-process batched
+   forward, and throughput / p95 latency as closed-loop devices are added.
+"""
+
+from __future__ import annotations
+
+import socket
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as paho
+
+from ddnn.runtime.broker import MosquittoBroker
+from ddnn.runtime.client import Requester
+from ddnn.runtime.executor import SectionExecutor
+from ddnn.runtime.mqtt import MqttTransport
+from ddnn.runtime.server import InferenceServer, ModelDB
+from ddnn.runtime.wire import Encoding, Reply, Request, encode_tensor, request_topic
+from ddnn.store.artifact import load_model, read_spec_doc
+
+
+def _paho_client(url_port: int) -> paho.Client:
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    c.on_socket_open = lambda cl, ud, sock: sock.setsockopt(
+        socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
+    )
+    c.connect("127.0.0.1", url_port)
+    c.loop_start()
+    return c
+
+
+def bare_echo_rtt(port: int, payload: bytes, repeats: int) -> list[float]:
+    """Round trips (ms) of `payload` through a paho client that echoes in its callback."""
+    echo, caller = _paho_client(port), _paho_client(port)
+    got = threading.Event()
+    echo.on_message = lambda c, ud, m: c.publish("bench/out", m.payload, qos=1)
+    caller.on_message = lambda c, ud, m: got.set()
+    echo.subscribe("bench/in", qos=1)
+    caller.subscribe("bench/out", qos=1)
+    time.sleep(0.3)  # both SUBACKs in
+    times = []
+    try:
+        for _ in range(repeats):
+            got.clear()
+            t0 = time.perf_counter()
+            caller.publish("bench/in", payload, qos=1)
+            if not got.wait(5):
+                raise RuntimeError("bare echo lost a message")
+            times.append((time.perf_counter() - t0) * 1000)
+    finally:
+        for c in (echo, caller):
+            c.loop_stop()
+            c.disconnect()
+    return times
+
+
+def _request(model: Any, name: str, version: int, rid: int, device: str) -> Request:
+    """An offloaded request as a device sends it: section 1, binarized features as bits."""
+    shape = (model.spec.devices, *model.devices[0].out_shape)
+    feats = np.where(np.random.default_rng(rid).standard_normal(shape) >= 0, 1.0, -1.0)
+    return Request(rid, name, version, device, rid, 1, (encode_tensor(feats, Encoding.BITS),))
+
+
+def framework_rtt(url: str, run_dir: str, repeats: int) -> tuple[list[float], int, int, int]:
+    """(round trips ms minus server compute, frame bytes, packet bytes, payload bytes)."""
+    doc = read_spec_doc(run_dir)
+    name, version = str(doc["name"]), int(doc["version"])
+    model = load_model(run_dir)
+    with MqttTransport.from_url(url) as st, MqttTransport.from_url(url) as dt:
+        server = InferenceServer(st, ModelDB([run_dir]), workers=1)
+        req = Requester(dt, "bench0")
+        times = []
+        topic = request_topic(name, 1, "bench0")
+        try:
+            for _ in range(repeats):
+                r = _request(model, name, version, req.next_id(), "bench0")
+                pending, sent = req.send(topic, r)
+                answer = req.wait(r.request_id, pending, 5.0)
+                if not isinstance(answer, Reply):
+                    raise RuntimeError(f"framework request failed: {answer}")
+                times.append((pending.received_at - pending.sent_at) * 1000 - answer.compute_ms)
+        finally:
+            req.close()
+            server.close()
+        payload = len(r.tensors[0].payload)
+        return times, sent.frame_bytes, sent.packet_bytes, payload
+
+
+def throughput(
+    url: str, run_dir: str, devices: int, seconds: float, window: int
+) -> dict[str, float]:
+    """`devices` clients, each keeping `window` requests in flight, for `seconds`."""
+    doc = read_spec_doc(run_dir)
+    name, version = str(doc["name"]), int(doc["version"])
+    model = load_model(run_dir)
+    with MqttTransport.from_url(url) as st:
+        server = InferenceServer(st, ModelDB([run_dir]), workers=2, max_batch=64)
+        try:
+            with ThreadPoolExecutor(devices * window) as pool:
+                stop = time.perf_counter() + seconds
+                transports = [MqttTransport.from_url(url) for _ in range(devices)]
+                requesters = [Requester(t, f"load{i}") for i, t in enumerate(transports)]
+
+                def loop(i: int) -> list[float]:
+                    req, lat = requesters[i // window], []
+                    topic = request_topic(name, 1, req.identity)
+                    while time.perf_counter() < stop:
+                        r = _request(model, name, version, req.next_id(), req.identity)
+                        pending, _ = req.send(topic, r)
+                        if isinstance(req.wait(r.request_id, pending, 10.0), Reply):
+                            lat.append((pending.received_at - pending.sent_at) * 1000)
+                    return lat
+
+                t0 = time.perf_counter()
+                results = list(pool.map(loop, range(devices * window)))
+                elapsed = time.perf_counter() - t0
+                for r, t in zip(requesters, transports, strict=True):
+                    r.close()
+                    t.close()
+        finally:
+            server.close()
+    lat = [x for part in results for x in part]
+    return {
+        "devices": devices,
+        "in_flight": devices * window,
+        "requests_per_s": len(lat) / elapsed,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p95_ms": float(np.percentile(lat, 95)),
+    }
+
+
+def in_process_throughput(run_dir: str, batch: int, seconds: float) -> float:
+    """Samples/s of the same section called directly with full batches: the ceiling."""
+    model = load_model(run_dir)
+    ex = SectionExecutor(model)
+    shape = ex.input_shape(1)
+    x = np.where(np.random.default_rng(0).standard_normal((batch, *shape)) >= 0, 1.0, -1.0)
+    ex.run(1, x.astype(np.float32), None)  # warm-up
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        ex.run(1, x.astype(np.float32), None)
+        n += batch
+    return n / (time.perf_counter() - t0)
+
+
+def bench_runtime(
+    run_dir: str, repeats: int = 300, seconds: float = 5.0, max_devices: int = 8
+) -> dict[str, Any]:
+    with MosquittoBroker() as broker:
+        fw, frame_bytes, packet_bytes, payload = framework_rtt(broker.url, run_dir, repeats)
+        echo = bare_echo_rtt(broker.port, b"\x00" * frame_bytes, repeats)
+        sweep = [
+            throughput(broker.url, run_dir, d, seconds, window=4)
+            for d in (1, 2, 4, 8)
+            if d <= max_devices
+        ]
+    ceiling = in_process_throughput(run_dir, 64, seconds)
+    best = max(s["requests_per_s"] for s in sweep)
+    return {
+        "model": read_spec_doc(run_dir)["name"],
+        "round_trip": {
+            "framework_median_ms": statistics.median(fw),
+            "echo_median_ms": statistics.median(echo),
+            "ratio": statistics.median(fw) / statistics.median(echo),
+            "target": 1.5,
+            "repeats": repeats,
+        },
+        "bytes": {
+            "payload": payload,
+            "frame": frame_bytes,
+            "frame_overhead": frame_bytes - payload,
+            "mqtt_packet": packet_bytes,
+            "mqtt_overhead": packet_bytes - payload,
+            "target_overhead": 64,
+        },
+        "throughput": {
+            "server_best_per_s": best,
+            "in_process_batched_per_s": ceiling,
+            "ratio": best / ceiling,
+            "target": 0.5,
+            "sweep": sweep,
+        },
+    }
+
+
+def bench_runtime_text(r: dict[str, Any]) -> str:
+    rt, by, th = r["round_trip"], r["bytes"], r["throughput"]
+    lines = [
+        f"model {r['model']}, one Mosquitto on loopback",
+        f"round trip, offloaded request (server compute subtracted), median of {rt['repeats']}:",
+        f"  bare paho echo, same payload  {rt['echo_median_ms']:.3f} ms",
+        f"  ddnn device -> server         {rt['framework_median_ms']:.3f} ms",
+        f"  ratio                         {rt['ratio']:.2f} (target <= {rt['target']})",
+        f"bytes per offloaded request: payload {by['payload']}, ddnn frame {by['frame']} "
+        f"(overhead {by['frame_overhead']}, target <= {by['target_overhead']}), MQTT PUBLISH "
+        f"packet {by['mqtt_packet']} (overhead {by['mqtt_overhead']})",
+        f"throughput: server {th['server_best_per_s']:.0f}/s vs in-process batched forward "
+        f"{th['in_process_batched_per_s']:.0f}/s: ratio {th['ratio']:.2f} "
+        f"(target >= {th['target']})",
+        "",
+        "| devices | requests in flight | requests/s | p50 ms | p95 ms |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {s['devices']} | {s['in_flight']} | {s['requests_per_s']:.0f} | {s['p50_ms']:.2f} | "
+        f"{s['p95_ms']:.2f} |"
+        for s in th["sweep"]
+    ]
+    return "\n".join(lines)
+
+
+def plot_capacity(r: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sweep = r["throughput"]["sweep"]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    d = [s["devices"] for s in sweep]
+    ax.plot(d, [s["requests_per_s"] for s in sweep], "o-", label="requests/s")
+    ax.set_xlabel("devices (4 requests in flight each)")
+    ax.set_ylabel("requests per second")
+    ax2 = ax.twinx()
+    ax2.plot(d, [s["p95_ms"] for s in sweep], "s--", color="tab:red", label="p95 latency")
+    ax2.set_ylabel("p95 latency (ms)")
+    ax.set_title(f"server capacity, {r['model']}")
+    fig.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

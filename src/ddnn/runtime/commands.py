@@ -1,0 +1,271 @@
+"""`ddnn broker | serve | edge | device | run`: the runtime tiers as commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+from ddnn.errors import DdnnError
+
+
+@contextmanager
+def _broker_url(url: str | None) -> Iterator[str]:
+    """The given broker, or one started for this command's lifetime."""
+    if url:
+        yield url
+        return
+    from ddnn.runtime.broker import MosquittoBroker
+
+    with MosquittoBroker() as broker:
+        print(f"started Mosquitto for this command at {broker.url}", flush=True)
+        yield broker.url
+
+
+def _wait_for_signal(ready_file: str | None) -> None:
+    """Block until SIGINT or SIGTERM; announce readiness first."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    if ready_file:
+        Path(ready_file).write_text("ready\n")
+    while not stop.wait(0.5):
+        pass
+
+
+def _add_broker_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--broker", help="mqtt://host:port of a running broker (default: start one)")
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from ddnn.runtime.broker import MosquittoBroker
+
+    with MosquittoBroker(port=args.port) as broker:
+        print(f"Mosquitto listening at {broker.url} (Ctrl-C stops it)", flush=True)
+        _wait_for_signal(args.ready_file)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ddnn.runtime.metrics import MetricsServer
+    from ddnn.runtime.server import InferenceServer, ModelDB
+    from ddnn.runtime.transport import create_transport
+
+    db = ModelDB(args.run_dirs)
+    with _broker_url(args.broker) as url, create_transport(url) as transport:
+        server = InferenceServer(
+            transport, db, args.workers, args.max_batch, args.max_wait_ms, args.queue_limit
+        )
+        http = MetricsServer(server.metrics, server.healthy, port=args.http_port)
+        models = ", ".join(f"{n} v{v}" for n, v in sorted(db.models))
+        print(
+            f"serving {models} on {url} with {args.workers} workers; "
+            f"metrics http://127.0.0.1:{http.port}/metrics",
+            flush=True,
+        )
+        try:
+            _wait_for_signal(args.ready_file)
+        finally:
+            http.close()
+            server.close()
+    return 0
+
+
+def cmd_edge(args: argparse.Namespace) -> int:
+    from ddnn.runtime.edge import EdgeAggregator
+    from ddnn.runtime.transport import create_transport
+
+    ids = args.devices.split(",") if args.devices else None
+    with _broker_url(args.broker) as url, create_transport(url) as transport:
+        edge = EdgeAggregator(
+            transport, args.run_dir, ids, args.frame_deadline_ms, args.upstream_deadline_ms
+        )
+        print(f"edge for {edge.model_name} v{edge.version} on {url}: devices {edge.device_ids}")
+        try:
+            _wait_for_signal(args.ready_file)
+        finally:
+            edge.close()
+    return 0
+
+
+def _device_inputs(args: argparse.Namespace, spec: Any) -> Iterator[tuple[int, Any, int]]:
+    """(frame id, this device's view [C, h, w], label) from image files or the test split."""
+    import numpy as np
+    import torch
+
+    from ddnn.data.views import device_view
+
+    if args.images:
+        from matplotlib.image import imread
+
+        for i, path in enumerate(args.images):
+            img = np.asarray(imread(path), dtype=np.float32)
+            img = img.mean(axis=2) if img.ndim == 3 else img  # greyscale
+            img = img / 255.0 if img.max() > 1.0 else img
+            if img.shape != tuple(spec.input_shape[1:]):
+                raise DdnnError(
+                    f"{path}: image is {img.shape}, the model takes {spec.input_shape[1:]}"
+                )
+            x = torch.from_numpy(img)[None, None]  # [1, 1, H, W]
+            yield i, device_view(x, spec, args.index)[0].numpy(), -1
+        return
+    from ddnn.data.datasets import create_dataset
+
+    name = args.dataset or spec_dataset(args.run_dir)
+    test = create_dataset(name, args.data_dir).test.head(args.samples)
+    for i in range(args.offset, len(test), args.stride):
+        x = test.images[i : i + 1].float().div(255)  # [1, C, H, W]
+        yield i, device_view(x, spec, args.index)[0].numpy(), int(test.labels[i])
+
+
+def spec_dataset(run_dir: str) -> str:
+    from ddnn.store.artifact import read_spec_doc
+
+    name = read_spec_doc(run_dir).get("metrics", {}).get("dataset")
+    if not name:
+        raise DdnnError(f"{run_dir}: the dataset is not recorded; pass --dataset or --images")
+    return str(name)
+
+
+def cmd_device(args: argparse.Namespace) -> int:
+    from ddnn.runtime.device import DeviceClient
+    from ddnn.runtime.report import summarize
+    from ddnn.runtime.transport import create_transport
+    from ddnn.store.artifact import read_spec
+
+    spec = read_spec(args.run_dir)
+    records = []
+    with (
+        Path(args.records).open("w") if args.records else nullcontext() as out,
+        _broker_url(args.broker) as url,
+        create_transport(url) as transport,
+    ):
+        client = DeviceClient(
+            transport, args.run_dir, args.id, args.index, args.mode, args.deadline_ms, args.engine
+        )
+        try:
+            start = time.perf_counter()
+            for n, (frame_id, view, label) in enumerate(_device_inputs(args, spec)):
+                if args.rate > 0:  # paced: sample n leaves at start + n / rate
+                    time.sleep(max(0.0, start + n / args.rate - time.perf_counter()))
+                rec = client.infer(view, frame_id, label).to_dict()
+                records.append(rec)
+                if out is not None:
+                    out.write(json.dumps(rec) + "\n")
+                    out.flush()
+                elif args.images:
+                    print(json.dumps(rec), flush=True)
+        finally:
+            client.close()
+    if not args.images and not args.records:
+        print(json.dumps(summarize(records), indent=2))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ddnn.runtime.report import report_markdown
+    from ddnn.runtime.runner import CONFIGURATIONS, run_deployment
+
+    modes = CONFIGURATIONS if args.mode == "both" else (args.mode,)
+    out = args.out or str(Path(args.run_dir) / "deployment")
+    report = run_deployment(
+        args.run_dir, out, args.devices, args.samples, args.rate, modes, args.workers,
+        args.broker, args.engine, args.deadline_ms,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"{report['model']} v{report['version']}, {report['devices']} device(s), "
+              f"engine {report['engine']}:\n")  # fmt: skip
+        print(report_markdown(report))
+        print(f"\nreport, records and plot: {out}")
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("broker", help="run Mosquitto on loopback with ddnn's settings")
+    p.add_argument("--port", type=int, help="default: a free port")
+    p.add_argument("--ready-file", help=argparse.SUPPRESS)
+    p.set_defaults(handler=cmd_broker)
+
+    p = sub.add_parser("serve", help="the server tier: answer offloaded requests")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="one or more model folders")
+    _add_broker_option(p)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument(
+        "--max-wait-ms", type=float, default=0.0,
+        help="how long a worker waits for more requests to batch (0: batch what is queued)",
+    )  # fmt: skip
+    p.add_argument("--queue-limit", type=int, default=1024, help="beyond it requests are shed")
+    p.add_argument("--http-port", type=int, default=0, help="metrics/health port (0: free)")
+    p.add_argument("--ready-file", help=argparse.SUPPRESS)
+    p.set_defaults(handler=cmd_serve)
+
+    p = sub.add_parser("edge", help="the edge tier: fuse devices, local and edge exits")
+    p.add_argument("run_dir")
+    _add_broker_option(p)
+    p.add_argument("--devices", help="comma-separated device ids (default dev0..devN-1)")
+    p.add_argument("--frame-deadline-ms", type=float, default=200.0)
+    p.add_argument("--upstream-deadline-ms", type=float, default=2000.0)
+    p.add_argument("--ready-file", help=argparse.SUPPRESS)
+    p.set_defaults(handler=cmd_edge)
+
+    p = sub.add_parser("device", help="an end device: local exit, offload when unsure")
+    p.add_argument("run_dir")
+    p.add_argument("--id", default="dev0", help="device id (topics, replies)")
+    p.add_argument("--index", type=int, default=0, help="which device section / view")
+    _add_broker_option(p)
+    p.add_argument("--engine", default="torch", help="torch, onnx or c")
+    p.add_argument("--mode", default="device+server", choices=("device+server", "server-only"))
+    p.add_argument("--deadline-ms", type=float, default=2000.0)
+    p.add_argument("--images", nargs="*", help="image files instead of the test split")
+    p.add_argument("--dataset")
+    p.add_argument("--data-dir")
+    p.add_argument("--samples", type=int, default=100, help="first K test samples")
+    p.add_argument("--offset", type=int, default=0)
+    p.add_argument("--stride", type=int, default=1)
+    p.add_argument("--rate", type=float, default=0.0, help="samples per second (0: back to back)")
+    p.add_argument("--records", help="write one JSON line per sample here")
+    p.set_defaults(handler=cmd_device)
+
+    p = sub.add_parser("run", help="broker + server + edge + N devices on this machine, report")
+    p.add_argument("run_dir")
+    p.add_argument("--devices", type=int, help="default: the model's device count")
+    p.add_argument("--samples", type=int, default=200)
+    p.add_argument("--rate", type=float, default=0.0, help="samples per second per device")
+    p.add_argument("--mode", default="both", choices=("device+server", "server-only", "both"))
+    p.add_argument("--workers", type=int, default=2)
+    _add_broker_option(p)
+    p.add_argument("--engine", default="torch")
+    p.add_argument("--deadline-ms", type=float, default=2000.0)
+    p.add_argument("--out", help="report folder (default RUN_DIR/deployment)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_run)
+
+
+def cmd_bench_runtime(args: argparse.Namespace) -> int:
+    from ddnn.bench.runtime import bench_runtime, bench_runtime_text, plot_capacity
+
+    result = bench_runtime(args.run_dir, args.repeats, args.seconds, args.max_devices)
+    if args.plot:
+        plot_capacity(result, Path(args.plot))
+    print(json.dumps(result) if args.json else bench_runtime_text(result))
+    return 0
+
+
+def register_bench(bsub: Any) -> None:
+    p = bsub.add_parser("runtime", help="round trip vs bare paho, bytes, server throughput")
+    p.add_argument("run_dir", help="a trained model folder (a device section with bits)")
+    p.add_argument("--repeats", type=int, default=300)
+    p.add_argument("--seconds", type=float, default=5.0, help="per throughput point")
+    p.add_argument("--max-devices", type=int, default=8)
+    p.add_argument("--plot", help="PNG of throughput and p95 against devices")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_bench_runtime)

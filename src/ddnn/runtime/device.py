@@ -1,0 +1,207 @@
+"""The end-device tier: run the device section, answer locally when the exit is confident,
+otherwise offload its features (single device: to the server; several devices: to the edge) and
+wait for the answer until a deadline, falling back to the local answer marked degraded."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ddnn.errors import DdnnError
+from ddnn.evaluate.policy import OTHER
+from ddnn.export.engines import DeviceEngine, create_engine
+from ddnn.runtime.client import Requester
+from ddnn.runtime.executor import decide
+from ddnn.runtime.transport import Transport
+from ddnn.runtime.wire import (
+    Encoding,
+    ErrorFrame,
+    Request,
+    Tensor,
+    decode_tensor,
+    encode_tensor,
+    request_topic,
+)
+from ddnn.store.artifact import read_spec_doc
+
+log = logging.getLogger(__name__)
+
+EDGE_PREFIX = "dd/e"  # requests for the edge (local aggregator) travel under their own prefix
+MODES = ("device+server", "server-only")
+
+
+@dataclass
+class Record:
+    """One sample's outcome as the device saw it: what `ddnn run` reports on."""
+
+    device: str
+    frame_id: int
+    predicted: int  # the answer given (-1: none)
+    exit_index: int  # exit that produced it (0 = local), -1 when none
+    local_predicted: int  # the local exit's own prediction (-1 without a local exit)
+    offloaded: bool
+    status: str  # ok | degraded | lost | error
+    device_ms: float
+    comm_ms: float
+    server_ms: float
+    total_ms: float
+    frame_bytes: int = 0
+    packet_bytes: int = 0
+    label: int = -1
+    missing: list[str] = field(default_factory=list)
+    message: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class DeviceClient:
+    """An end device. `infer(view)` answers one sample; use it from applications, or let
+    `ddnn device` stream a dataset through it."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        run_dir: str | Path,
+        device_id: str,
+        device_index: int = 0,
+        mode: str = "device+server",
+        deadline_ms: float = 2000.0,
+        engine: str | DeviceEngine = "torch",
+    ) -> None:
+        if mode not in MODES:
+            raise DdnnError(f"mode {mode!r}; valid: {', '.join(MODES)}")
+        doc = read_spec_doc(run_dir)
+        self.model_name, self.version = str(doc["name"]), int(doc["version"])
+        self.mode = mode
+        self.device_id = device_id
+        self.deadline_s = deadline_ms / 1000.0
+        has_device = doc["model"]["sections"][0]["tier"] == "device"
+        self.engine: DeviceEngine | None = None
+        if has_device and mode == "device+server":
+            self.engine = (
+                engine
+                if isinstance(engine, DeviceEngine)
+                else create_engine(engine, run_dir, device_index)
+            )
+            self.model = self.engine.model
+        else:
+            from ddnn.store.artifact import read_spec
+
+            self.model = None  # type: ignore[assignment]
+            self._spec = read_spec(run_dir)
+        spec = self.model.spec if self.model is not None else self._spec
+        if not 0 <= device_index < spec.devices:
+            raise DdnnError(f"device index {device_index} out of range: model has {spec.devices}")
+        self.multi = spec.devices > 1
+        self.view_shape = spec.view_shape
+        self.requester = Requester(transport, device_id)
+
+    def close(self) -> None:
+        self.requester.close()
+        if self.engine is not None:
+            self.engine.close()
+
+    def infer(self, view: np.ndarray, frame_id: int = 0, label: int = -1) -> Record:
+        """view [C, h, w] float32 in [0, 1] (this device's view) -> Record."""
+        view = np.asarray(view, dtype=np.float32)
+        if tuple(view.shape) != tuple(self.view_shape):
+            raise DdnnError(f"view has shape {view.shape}; this device expects {self.view_shape}")
+        t0 = time.perf_counter()
+        if self.engine is None:  # server-only, or a model without a device section
+            tensors = (encode_tensor(view[None], Encoding.UNIT8, name="x"),)  # [1, C, h, w]
+            rec = self._offload(tensors, 0, frame_id, t0, 0.0, None)
+        else:
+            rec = self._device_first(view, frame_id, t0)
+        rec.label = label
+        return rec
+
+    def _device_first(self, view: np.ndarray, frame_id: int, t0: float) -> Record:
+        assert self.engine is not None and self.model is not None
+        logits, feats = self.engine.run(view[None])  # [1, C_exit], packed [1, n] or [1, ...]
+        local = decide(self.model, 0, logits)[0]
+        device_ms = (time.perf_counter() - t0) * 1000
+        if not self.multi and local.confident:
+            return Record(
+                self.device_id, frame_id, local.predicted, 0, local.predicted, False, "ok",
+                device_ms, 0.0, 0.0, device_ms,
+            )  # fmt: skip
+        shape = (1, *self.engine.feature_shape)  # one device row: the edge or server fuses
+        if self.model.spec.sections[1].input == "raw":  # Big-Little: the big net sees the input
+            x = encode_tensor(view[None], Encoding.UNIT8, name="x")  # [1, C, h, w]
+        elif self.engine.binary_features:
+            x = Tensor("x", Encoding.BITS, shape, feats[0].tobytes())
+        else:
+            x = encode_tensor(feats.reshape(shape), Encoding.FLOAT32, name="x")
+        tensors: tuple[Tensor, ...] = (x,)
+        if self.multi:  # the edge fuses the devices' exit scores: DDNN's 4|C| bytes a device
+            tensors += (encode_tensor(logits[0], Encoding.FLOAT32, name="scores"),)
+        return self._offload(tensors, 1, frame_id, t0, device_ms, local)
+
+    def _offload(
+        self, tensors: tuple[Tensor, ...], section: int, frame_id: int, t0: float,
+        device_ms: float, local: Any,
+    ) -> Record:  # fmt: skip
+        rid = self.requester.next_id()
+        request = Request(
+            rid, self.model_name, self.version, self.device_id, frame_id, section, tensors
+        )
+        prefix = EDGE_PREFIX if self.multi else "dd"
+        topic = request_topic(self.model_name, section, self.device_id, prefix=prefix)
+        local_pred = local.predicted if local is not None else -1
+        try:
+            pending, sent = self.requester.send(topic, request)
+        except DdnnError as exc:  # disconnected, or refused before sending
+            return self._fallback(frame_id, t0, device_ms, local, str(exc), 0, 0)
+        answer = self.requester.wait(rid, pending, self.deadline_s - (time.perf_counter() - t0))
+        total_ms = (time.perf_counter() - t0) * 1000
+        if answer is None:
+            return self._fallback(
+                frame_id,
+                t0,
+                device_ms,
+                local,
+                "deadline passed",
+                sent.frame_bytes,
+                sent.packet_bytes,
+            )
+        if isinstance(answer, ErrorFrame):
+            return self._fallback(
+                frame_id, t0, device_ms, local, f"{answer.code.name}: {answer.message}",
+                sent.frame_bytes, sent.packet_bytes, status_if_none="error",
+            )  # fmt: skip
+        server_ms = answer.queue_ms + answer.compute_ms
+        extra = {t.name: decode_tensor(t) for t in answer.tensors}
+        if "local" in extra:  # several devices: the local exit is the edge's fused one
+            local_pred = int(extra["local"][0])
+        status = "degraded" if answer.status.name == "DEGRADED" else "ok"
+        return Record(
+            self.device_id, frame_id, answer.predicted, answer.exit_index, local_pred, True,
+            status, device_ms, max(total_ms - device_ms - server_ms, 0.0), server_ms, total_ms,
+            sent.frame_bytes, sent.packet_bytes, missing=list(answer.missing_devices),
+        )  # fmt: skip
+
+    def _fallback(
+        self, frame_id: int, t0: float, device_ms: float, local: Any, why: str,
+        frame_bytes: int, packet_bytes: int, status_if_none: str = "lost",
+    ) -> Record:  # fmt: skip
+        """No usable answer from upstream: the local exit's answer, marked degraded."""
+        total_ms = (time.perf_counter() - t0) * 1000
+        log.info("%s frame %d: %s", self.device_id, frame_id, why)
+        if local is None:
+            return Record(
+                self.device_id, frame_id, -1, -1, -1, True, status_if_none, device_ms,
+                total_ms - device_ms, 0.0, total_ms, frame_bytes, packet_bytes, message=why,
+            )  # fmt: skip
+        predicted = local.predicted
+        if predicted == OTHER:  # Big-Little: the little net has no class to give
+            predicted = -1
+        return Record(
+            self.device_id, frame_id, predicted, 0, local.predicted, True, "degraded", device_ms,
+            total_ms - device_ms, 0.0, total_ms, frame_bytes, packet_bytes, message=why,
+        )  # fmt: skip

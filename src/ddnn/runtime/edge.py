@@ -1,0 +1,306 @@
+"""The edge tier (DDNN's local aggregator, and the edge section of 3-tier models).
+
+Devices of one model report each event (frame id) here: exit scores and features. When all have
+reported, or the frame's deadline passes, the edge fuses the scores of the devices present and
+answers when the fused local exit is confident; otherwise it runs its own section and exit, if
+the model has one, and forwards what is still not confident to the server. A device that did
+not report in time is left out and the reply names it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ddnn.errors import DdnnError
+from ddnn.evaluate.communication import payload_bytes
+from ddnn.runtime.client import Requester
+from ddnn.runtime.device import EDGE_PREFIX
+from ddnn.runtime.executor import Answer, SectionExecutor, decide
+from ddnn.runtime.metrics import Metrics
+from ddnn.runtime.replies import answer_bad_message, publish_quietly, reply_error
+from ddnn.runtime.transport import Transport
+from ddnn.runtime.wire import (
+    Encoding,
+    ErrorFrame,
+    Reply,
+    Request,
+    Status,
+    decode_frame,
+    decode_tensor,
+    encode_frame,
+    encode_tensor,
+    parse_request_topic,
+    reply_topic,
+    request_filter,
+    request_topic,
+)
+from ddnn.store.artifact import load_model, read_spec_doc
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Frame:
+    section: int  # 1: device+server (scores and features), 0: server-only (raw views)
+    frame_id: int
+    opened: float
+    requests: dict[int, tuple[Request, float]] = field(default_factory=dict)  # index -> (req, t)
+    local: int = -1  # the fused local exit's prediction, reported to the devices
+
+
+class EdgeAggregator:
+    def __init__(
+        self,
+        transport: Transport,
+        run_dir: str | Path,
+        device_ids: list[str] | None = None,
+        frame_deadline_ms: float = 200.0,
+        upstream_deadline_ms: float = 2000.0,
+        identity: str = "edge",
+        metrics: Metrics | None = None,
+    ) -> None:
+        doc = read_spec_doc(run_dir)
+        self.model_name, self.version = str(doc["name"]), int(doc["version"])
+        self.model = load_model(run_dir)
+        self.spec = self.model.spec
+        if self.spec.devices < 2 and self.spec.sections[1].tier != "edge":
+            raise DdnnError(
+                f"model {self.model_name} has one device and no edge section: devices talk to "
+                "the server directly, no edge is needed"
+            )
+        self.executor = SectionExecutor(self.model)
+        first = self.model.devices[0]
+        self.binary_features = payload_bytes(first) < 4 * math.prod(first.out_shape)
+        self.device_ids = device_ids or [f"dev{i}" for i in range(self.spec.devices)]
+        if len(self.device_ids) != self.spec.devices:
+            raise DdnnError(f"{len(self.device_ids)} device ids for {self.spec.devices} devices")
+        self.index = {d: i for i, d in enumerate(self.device_ids)}
+        self.transport = transport
+        self.metrics = metrics or Metrics()
+        self.frame_deadline = frame_deadline_ms / 1000.0
+        self.upstream_deadline = upstream_deadline_ms / 1000.0
+        self.requester = Requester(transport, identity)
+        self._inbox: queue.Queue[tuple[str, bytes, float] | None] = queue.Queue()
+        self._frames: dict[tuple[int, int], _Frame] = {}
+        self._upstream = ThreadPoolExecutor(max_workers=16, thread_name_prefix="edge-upstream")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="edge", daemon=True)
+        self._thread.start()
+        for section in (0, 1):
+            topic_filter = request_filter(self.model_name, section, prefix=EDGE_PREFIX)
+            transport.subscribe(topic_filter, self._on_message)
+
+    def healthy(self) -> bool:
+        return self._thread.is_alive()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._inbox.put(None)
+        self._thread.join(timeout=5)
+        self._upstream.shutdown(wait=True, cancel_futures=True)
+        self.requester.close()
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        self._inbox.put((topic, payload, time.perf_counter()))
+
+    # -- the aggregation loop: one thread owns the frame table --------------------------------
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            timeout = self._next_timeout()
+            try:
+                item = self._inbox.get(timeout=timeout)
+            except queue.Empty:
+                item = None
+            if item is not None:
+                try:
+                    self._admit(*item)
+                except Exception:  # never let one message stop the edge
+                    log.exception("edge failed on a message")
+            self._flush_expired()
+
+    def _next_timeout(self) -> float:
+        if not self._frames:
+            return 0.1
+        oldest = min(f.opened for f in self._frames.values())
+        return max(0.0, oldest + self.frame_deadline - time.perf_counter())
+
+    def _admit(self, topic: str, payload: bytes, arrived: float) -> None:
+        self.metrics.inc("requests_received_total", "device messages received")
+        try:
+            frame = decode_frame(payload)
+            if not isinstance(frame, Request):
+                raise DdnnError(f"expected a request on {topic}")
+            model, section, device = parse_request_topic(topic, prefix=EDGE_PREFIX)
+            if (model, section, device) != (frame.model, frame.section, frame.device_id):
+                raise DdnnError("the request's model, section or device does not match its topic")
+        except DdnnError as exc:
+            answer_bad_message(
+                self.transport,
+                self.metrics,
+                topic,
+                payload,
+                Status.MALFORMED,
+                str(exc),
+                EDGE_PREFIX,
+            )
+            return
+        try:
+            self._check(frame)
+        except DdnnError as exc:
+            code = Status.UNKNOWN_MODEL if "version" in str(exc) else Status.BAD_INPUT
+            reply_error(self.transport, self.metrics, frame, code, str(exc))
+            return
+        key = (frame.section, frame.frame_id)
+        state = self._frames.setdefault(key, _Frame(frame.section, frame.frame_id, arrived))
+        state.requests[self.index[frame.device_id]] = (frame, arrived)
+        if len(state.requests) == self.spec.devices:
+            del self._frames[key]
+            self._dispatch(state)
+
+    def _check(self, frame: Request) -> None:
+        if frame.model_version != self.version:
+            raise DdnnError(
+                f"model {frame.model} v{frame.model_version} is not served by this edge "
+                f"(it has v{self.version})"
+            )
+        if frame.device_id not in self.index:
+            raise DdnnError(
+                f"unknown device {frame.device_id!r}; this edge fuses {self.device_ids}"
+            )
+        tensors = {t.name: t for t in frame.tensors}
+        row = self.executor.input_shape(frame.section)[1:]  # one device's row
+        if "x" not in tensors or tuple(tensors["x"].shape) != (1, *row):
+            got = tuple(tensors["x"].shape) if "x" in tensors else None
+            raise DdnnError(f"tensor 'x' must have shape {(1, *row)}, got {got}")
+        if frame.section == 1:
+            n = self.spec.exit_num_classes(self.spec.sections[0])
+            if "scores" not in tensors or tuple(tensors["scores"].shape) != (n,):
+                raise DdnnError(f"tensor 'scores' must have shape ({n},)")
+
+    def _flush_expired(self) -> None:
+        now = time.perf_counter()
+        for key in [k for k, f in self._frames.items() if now - f.opened >= self.frame_deadline]:
+            state = self._frames.pop(key)
+            self.metrics.inc("frames_incomplete_total", "frames fused without every device")
+            self._dispatch(state)
+
+    # -- deciding and forwarding --------------------------------------------------------------
+
+    def _dispatch(self, state: _Frame) -> None:
+        start = time.perf_counter()
+        present = np.zeros(self.spec.devices, dtype=bool)
+        present[list(state.requests)] = True
+        rows = {
+            i: {t.name: decode_tensor(t) for t in r.tensors} for i, (r, _) in state.requests.items()
+        }
+        x = np.zeros((self.spec.devices, *self.executor.input_shape(state.section)[1:]), np.float32)
+        for i, tensors in rows.items():
+            x[i] = tensors["x"][0]
+        missing = tuple(d for i, d in enumerate(self.device_ids) if not present[i])
+        if state.section == 0:  # server-only: forward every raw view, fused upstream
+            self._forward(state, 0, x, present, None, start, missing)
+            return
+        scores = np.zeros((self.spec.devices, len(next(iter(rows.values()))["scores"])), np.float32)
+        for i, tensors in rows.items():
+            scores[i] = tensors["scores"]
+        with torch.no_grad():
+            fused = self.model.fuse_device_exits(
+                torch.from_numpy(scores)[None], torch.from_numpy(present)[None]
+            ).numpy()  # [1, C]
+        local = decide(self.model, 0, fused)[0]
+        state.local = local.predicted
+        if local.confident:
+            self._answer(state, local, start, time.perf_counter(), missing)
+            return
+        edge = self.spec.sections[1]
+        if edge.tier != "edge":
+            self._forward(state, 1, x, present, local, start, missing)
+            return
+        with torch.no_grad():
+            out = self.model.run_upper(
+                edge.name, torch.from_numpy(x)[None], torch.from_numpy(present)[None]
+            )
+        assert out.logits is not None
+        edge_answer = decide(self.model, 1, out.logits.numpy())[0]
+        if edge_answer.confident:
+            self._answer(state, edge_answer, start, time.perf_counter(), missing)
+            return
+        self._forward(state, 2, out.features.numpy()[0], None, edge_answer, start, missing)
+
+    def _forward(
+        self, state: _Frame, section: int, x: np.ndarray, present: np.ndarray | None,
+        fallback: Answer | None, start: float, missing: tuple[str, ...],
+    ) -> None:  # fmt: skip
+        if section == 0:
+            tensors = [encode_tensor(x, Encoding.UNIT8, name="x")]  # raw views, [D, C, h, w]
+        elif section == 1 and self.binary_features:
+            assert present is not None
+            x = x.copy()
+            x[~present] = 1.0  # any +-1 value: the server masks absent devices out
+            tensors = [encode_tensor(x, Encoding.BITS, name="x")]
+        else:
+            tensors = [encode_tensor(x, Encoding.FLOAT32, name="x")]
+        if present is not None:
+            tensors.append(
+                encode_tensor(present.astype(np.float32), Encoding.FLOAT32, name="present")
+            )
+        rid = self.requester.next_id()
+        request = Request(
+            rid, self.model_name, self.version, self.requester.identity, state.frame_id, section,
+            tuple(tensors),
+        )  # fmt: skip
+        edge_done = time.perf_counter()
+        self._upstream.submit(
+            self._await_upstream, state, request, fallback, start, edge_done, missing
+        )
+
+    def _await_upstream(
+        self, state: _Frame, request: Request, fallback: Answer | None, start: float,
+        edge_done: float, missing: tuple[str, ...],
+    ) -> None:  # fmt: skip
+        topic = request_topic(self.model_name, request.section, self.requester.identity)
+        try:
+            pending, _ = self.requester.send(topic, request)
+            answer = self.requester.wait(request.request_id, pending, self.upstream_deadline)
+        except DdnnError as exc:
+            log.warning("edge could not forward frame %d: %s", state.frame_id, exc)
+            answer = None
+        if isinstance(answer, Reply):
+            ans = Answer(answer.predicted, answer.exit_index, answer.entropy, True)
+            self._answer(state, ans, start, edge_done, missing, answer)
+            return
+        why = answer.message if isinstance(answer, ErrorFrame) else "server did not answer in time"
+        self.metrics.inc("upstream_failures_total", "forwards without a server answer")
+        log.info("frame %d: %s; answering from the edge", state.frame_id, why)
+        if fallback is None:  # server-only mode has nothing local to fall back on
+            for req, _ in state.requests.values():
+                reply_error(self.transport, self.metrics, req, Status.TIMEOUT, why)
+            return
+        self._answer(state, fallback, start, edge_done, missing, degraded=True)
+
+    def _answer(
+        self, state: _Frame, ans: Answer, start: float, done: float, missing: tuple[str, ...],
+        upstream: Reply | None = None, degraded: bool = False,
+    ) -> None:  # fmt: skip
+        status = Status.DEGRADED if degraded or missing else Status.OK
+        local = (encode_tensor(np.array([state.local], np.float32), name="local"),)
+        compute_ms = (done - start) * 1000 + (upstream.compute_ms if upstream else 0.0)
+        for req, arrived in state.requests.values():
+            queue_ms = (start - arrived) * 1000 + (upstream.queue_ms if upstream else 0.0)
+            reply = Reply(
+                req.request_id, status, ans.predicted, ans.exit_index, ans.entropy,
+                queue_ms, compute_ms, missing, local,
+            )  # fmt: skip
+            publish_quietly(self.transport, reply_topic(req.device_id), encode_frame(reply))
+        self.metrics.inc("frames_answered_total", "frames answered", exit=str(ans.exit_index))

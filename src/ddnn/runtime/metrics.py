@@ -1,0 +1,111 @@
+"""A tiny Prometheus text-format registry and an HTTP endpoint (/metrics, /healthz), so a server
+can be scraped without another dependency."""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS_MS = (0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+
+
+class Metrics:
+    """Counters and histograms keyed by name and label values; thread-safe."""
+
+    def __init__(self, prefix: str = "ddnn") -> None:
+        self.prefix = prefix
+        self._lock = threading.Lock()
+        self._counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self._hists: dict[str, tuple[list[int], list[float]]] = {}  # name -> (counts, [sum, n])
+        self._help: dict[str, str] = {}
+
+    def inc(self, name: str, help_text: str = "", value: float = 1.0, **labels: str) -> None:
+        key = (name, tuple(sorted(labels.items())))
+        with self._lock:
+            self._counters[key] = self._counters.get(key, 0.0) + value
+            self._help.setdefault(name, help_text)
+
+    def observe(self, name: str, value_ms: float, help_text: str = "") -> None:
+        with self._lock:
+            counts, total = self._hists.setdefault(
+                name, ([0] * (len(LATENCY_BUCKETS_MS) + 1), [0.0, 0.0])
+            )
+            counts[bisect.bisect_left(LATENCY_BUCKETS_MS, value_ms)] += 1
+            total[0] += value_ms
+            total[1] += 1
+            self._help.setdefault(name, help_text)
+
+    def counter(self, name: str, **labels: str) -> float:
+        with self._lock:
+            return self._counters.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    def render(self) -> str:
+        """Prometheus exposition format 0.0.4."""
+        lines: list[str] = []
+        with self._lock:
+            for name in sorted({n for n, _ in self._counters}):
+                full = f"{self.prefix}_{name}"
+                lines += [f"# HELP {full} {self._help.get(name, name)}", f"# TYPE {full} counter"]
+                for (n, labels), value in sorted(self._counters.items()):
+                    if n == name:
+                        text = ",".join(f'{k}="{v}"' for k, v in labels)
+                        lines.append(f"{full}{{{text}}} {value:g}" if text else f"{full} {value:g}")
+            for name, (counts, (total, n)) in sorted(self._hists.items()):
+                full = f"{self.prefix}_{name}"
+                lines += [f"# HELP {full} {self._help.get(name, name)}", f"# TYPE {full} histogram"]
+                running = 0
+                for bound, count in zip((*LATENCY_BUCKETS_MS, "+Inf"), counts, strict=True):
+                    running += count
+                    lines.append(f'{full}_bucket{{le="{bound}"}} {running}')
+                lines += [f"{full}_sum {total:g}", f"{full}_count {n:g}"]
+        return "\n".join(lines) + "\n"
+
+
+class MetricsServer:
+    """Serves /metrics and /healthz on a loopback port (0 picks a free one)."""
+
+    def __init__(
+        self, metrics: Metrics, healthy: Callable[[], bool], host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        outer = self
+
+        class _Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path == "/metrics":
+                    body, code, ctype = metrics.render().encode(), 200, "text/plain; version=0.0.4"
+                elif self.path == "/healthz":
+                    ok = outer.healthy()
+                    body, code, ctype = (
+                        (b"ok\n" if ok else b"unhealthy\n"),
+                        (200 if ok else 503),
+                        "text/plain",
+                    )
+                else:
+                    body, code, ctype = b"not found: try /metrics or /healthz\n", 404, "text/plain"
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, fmt: str, *args: object) -> None:
+                log.debug("http: " + fmt, *args)
+
+        self.healthy = healthy
+        self._server = ThreadingHTTPServer((host, port), _Handler)
+        self._server.daemon_threads = True
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="metrics-http", daemon=True
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)

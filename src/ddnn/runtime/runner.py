@@ -1,0 +1,134 @@
+"""`ddnn run`: the whole deployment on this machine — broker, server, edge (when the model has
+several devices or an edge section) and N device processes — streaming the test split, then the
+report from what the devices recorded."""
+
+from __future__ import annotations
+
+import json
+import logging
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from ddnn.errors import DdnnError
+from ddnn.runtime.broker import MosquittoBroker
+from ddnn.runtime.processes import Process
+from ddnn.runtime.report import report_markdown, summarize
+from ddnn.store.artifact import read_spec, read_spec_doc
+
+log = logging.getLogger(__name__)
+
+CONFIGURATIONS = ("device+server", "server-only")
+
+
+def needs_edge(run_dir: str | Path) -> bool:
+    spec = read_spec(run_dir)
+    return spec.devices > 1 or (len(spec.sections) > 2 and spec.sections[1].tier == "edge")
+
+
+def run_deployment(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    devices: int | None = None,
+    samples: int = 200,
+    rate: float = 0.0,
+    modes: tuple[str, ...] = CONFIGURATIONS,
+    workers: int = 2,
+    broker: str | None = None,
+    engine: str = "torch",
+    deadline_ms: float = 2000.0,
+) -> dict[str, Any]:
+    """Run every configuration in `modes` on one broker and server; returns the report, also
+    written to out_dir as report.json and report.md with the per-sample records beside it."""
+    spec, doc = read_spec(run_dir), read_spec_doc(run_dir)
+    n = devices or spec.devices
+    if spec.devices > 1 and n != spec.devices:
+        raise DdnnError(
+            f"model {spec.name} fuses {spec.devices} devices; run it with --devices {spec.devices}"
+        )
+    if spec.devices == 1 and spec.sections[1:] and spec.sections[1].tier == "edge" and n != 1:
+        raise DdnnError(f"model {spec.name} has an edge for one device; run it with --devices 1")
+    out = Path(out_dir)
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    run = str(run_dir)
+    report: dict[str, Any] = {
+        "model": spec.name, "version": doc["version"], "devices": n, "samples_requested": samples,
+        "rate_per_device": rate, "engine": engine, "workers": workers, "configurations": {},
+    }  # fmt: skip
+    with ExitStack() as stack:
+        url = broker or stack.enter_context(MosquittoBroker()).url
+        tiers = [
+            Process(
+                "server", ["serve", run, "--broker", url, "--workers", str(workers)], logs, True
+            )
+        ]
+        stack.callback(tiers[0].stop)
+        if needs_edge(run_dir):
+            edge = Process("edge", ["edge", run, "--broker", url], logs, True)
+            stack.callback(edge.stop)
+            tiers.append(edge)
+        for tier in tiers:
+            tier.wait_ready()
+        for mode in modes:
+            records = _stream(
+                run, url, spec.devices, n, samples, rate, mode, engine, deadline_ms, logs
+            )
+            (out / f"records-{mode}.jsonl").write_text(
+                "".join(json.dumps(r) + "\n" for r in records)
+            )
+            report["configurations"][mode] = summarize(records)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    (out / "report.md").write_text(report_markdown(report) + "\n")
+    plot_times(report, out / "time_ms.png")
+    return report
+
+
+def _stream(
+    run: str, url: str, model_devices: int, n: int, samples: int, rate: float, mode: str,
+    engine: str, deadline_ms: float, logs: Path,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """One device process per device; a single-device model's N devices share the samples."""
+    procs = []
+    for k in range(n):
+        index, offset, stride = (k, 0, 1) if model_devices > 1 else (0, k, n)
+        rec_file = logs / f"records-{mode}-dev{k}.jsonl"
+        args = [
+            "device", run, "--id", f"dev{k}", "--index", str(index), "--broker", url,
+            "--samples", str(samples), "--offset", str(offset), "--stride", str(stride),
+            "--rate", str(rate), "--mode", mode, "--engine", engine,
+            "--deadline-ms", str(deadline_ms), "--records", str(rec_file),
+        ]  # fmt: skip
+        procs.append((Process(f"device-{mode}-dev{k}", args, logs), rec_file))
+    budget = 60 + samples * (deadline_ms / 1000 + (1 / rate if rate else 0.05))
+    records: list[dict[str, Any]] = []
+    try:
+        for proc, rec_file in procs:
+            proc.wait(timeout=budget)
+            records += [json.loads(x) for x in rec_file.read_text().splitlines()]
+    finally:
+        for proc, _ in procs:
+            proc.stop()
+    return records
+
+
+def plot_times(report: dict[str, Any], path: Path) -> None:
+    """Median time per tier for each configuration, stacked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["configurations"])
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    bottom = [0.0] * len(names)
+    for tier in ("device", "comm", "server"):
+        values = [(report["configurations"][c]["time_ms"][tier]["p50"] or 0.0) for c in names]
+        ax.bar(names, values, bottom=bottom, label=f"T_{tier}")
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    ax.set_ylabel("median ms per sample")
+    ax.set_title(f"{report['model']}: time per tier ({report['devices']} devices)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,267 @@
+"""The server tier: a pool of workers answering offloaded requests for one or more stored models.
+
+Messages are only queued on the transport's thread; workers decode, batch the requests that
+share a model, version, section and shape (waiting at most `max_wait_ms` for company), run the
+upper sections and reply. One bad message gets an error reply and never stops the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ddnn.errors import DdnnError
+from ddnn.runtime.executor import SectionExecutor
+from ddnn.runtime.metrics import Metrics
+from ddnn.runtime.replies import answer_bad_message, publish_quietly, reply_error
+from ddnn.runtime.transport import Transport
+from ddnn.runtime.wire import (
+    FrameError,
+    Reply,
+    Request,
+    Status,
+    decode_frame,
+    decode_tensor,
+    encode_frame,
+    parse_request_topic,
+    reply_topic,
+    request_filter,
+)
+from ddnn.store.artifact import load_model, read_spec_doc
+
+log = logging.getLogger(__name__)
+
+SERVER_GROUP = "ddnn-servers"
+
+
+class ModelDB:
+    """The models a server answers for, keyed by (name, version): several versions can be served
+    side by side while devices move from one to the next."""
+
+    def __init__(self, run_dirs: list[str | Path]) -> None:
+        if not run_dirs:
+            raise DdnnError("give the server at least one model folder")
+        self.models: dict[tuple[str, int], SectionExecutor] = {}
+        for folder in run_dirs:
+            doc = read_spec_doc(folder)
+            key = (str(doc["name"]), int(doc["version"]))
+            self.models[key] = SectionExecutor(load_model(folder))
+            log.info("serving %s v%d from %s", key[0], key[1], folder)
+
+    def get(self, name: str, version: int) -> SectionExecutor:
+        executor = self.models.get((name, version))
+        if executor is None:
+            served = ", ".join(f"{n} v{v}" for n, v in sorted(self.models))
+            raise DdnnError(f"model {name} v{version} is not served here; served: {served}")
+        return executor
+
+
+@dataclass
+class _Item:
+    topic: str
+    payload: bytes
+    arrived: float  # time.perf_counter() when the transport handed it over
+
+
+@dataclass
+class _Job:
+    request: Request
+    arrived: float
+    x: np.ndarray  # [*input_shape]
+    present: np.ndarray | None  # [D] bool
+    key: tuple[str, int, int, tuple[int, ...]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        r = self.request
+        self.key = (r.model, r.model_version, r.section, tuple(self.x.shape))
+
+
+class InferenceServer:
+    """Subscribes (as a shared-subscription group) to requests for every section of every model
+    in `db` and answers them with a pool of `workers` threads."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        db: ModelDB,
+        workers: int = 2,
+        max_batch: int = 32,
+        max_wait_ms: float = 0.0,
+        queue_limit: int = 1024,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.transport = transport
+        self.db = db
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000.0
+        self.metrics = metrics or Metrics()
+        self._queue: queue.Queue[_Item] = queue.Queue(maxsize=queue_limit)
+        self._stop = threading.Event()
+        self._seen: OrderedDict[tuple[str, int], None] = OrderedDict()  # duplicate filter
+        self._seen_lock = threading.Lock()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"server-worker-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for t in self._threads:
+            t.start()
+        for name, _version in db.models:
+            sections = len(db.models[(name, _version)].spec.sections)
+            for section in range(sections):
+                transport.subscribe(
+                    request_filter(name, section, group=SERVER_GROUP), self._on_message
+                )
+
+    def healthy(self) -> bool:
+        return not self._stop.is_set() and all(t.is_alive() for t in self._threads)
+
+    def close(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=5)
+
+    # -- transport thread: enqueue only ----------------------------------------------------
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        self.metrics.inc("requests_received_total", "request messages received")
+        try:
+            self._queue.put_nowait(_Item(topic, payload, time.perf_counter()))
+        except queue.Full:
+            self._error(topic, payload, Status.OVERLOADED, "server queue full: request shed")
+
+    # -- workers -----------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            try:
+                first = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            items = [first]
+            deadline = time.perf_counter() + self.max_wait
+            while len(items) < self.max_batch:
+                remaining = deadline - time.perf_counter()
+                try:
+                    items.append(
+                        self._queue.get(timeout=remaining)
+                        if remaining > 0
+                        else self._queue.get_nowait()
+                    )
+                except queue.Empty:
+                    break
+            try:
+                self._process(items)
+            except Exception:  # a bug must not kill the worker: answer every request with INTERNAL
+                log.exception("worker failed on a batch of %d", len(items))
+                for item in items:
+                    self._error(item.topic, item.payload, Status.INTERNAL, "internal server error")
+
+    def _process(self, items: list[_Item]) -> None:
+        groups: dict[tuple[str, int, int, tuple[int, ...]], list[_Job]] = defaultdict(list)
+        for item in items:
+            job = self._admit(item)
+            if job is not None:
+                groups[job.key].append(job)
+        for (name, version, section, _), jobs in groups.items():
+            self._run_group(self.db.get(name, version), section, jobs)
+
+    def _admit(self, item: _Item) -> _Job | None:
+        """Decode and check one message; answers errors itself and returns None for them."""
+        try:
+            frame = decode_frame(item.payload)
+            if not isinstance(frame, Request):
+                raise FrameError(
+                    f"expected a request on {item.topic}, got a {type(frame).__name__}"
+                )
+            model, section, device = parse_request_topic(item.topic)
+            if (model, section, device) != (frame.model, frame.section, frame.device_id):
+                raise FrameError("the request's model, section or device does not match its topic")
+        except DdnnError as exc:
+            self._error(item.topic, item.payload, Status.MALFORMED, str(exc))
+            return None
+        if self._duplicate(frame):
+            self.metrics.inc("duplicates_dropped_total", "re-delivered requests dropped")
+            return None
+        try:
+            executor = self.db.get(frame.model, frame.model_version)
+        except DdnnError as exc:
+            self._reply_error(frame, Status.UNKNOWN_MODEL, str(exc))
+            return None
+        try:
+            tensors = {t.name: decode_tensor(t) for t in frame.tensors}
+            if "x" not in tensors:
+                raise DdnnError(f"request has tensors {sorted(tensors)}; it needs 'x'")
+            x = tensors["x"]
+            expected = executor.input_shape(frame.section)
+            if tuple(x.shape) != expected:
+                raise DdnnError(
+                    f"tensor 'x' has shape {tuple(x.shape)}; section {frame.section} of "
+                    f"{frame.model} v{frame.model_version} expects {expected}"
+                )
+            present = tensors.get("present")
+            if present is not None:
+                if present.shape != (expected[0],):
+                    raise DdnnError(f"'present' must have shape ({expected[0]},)")
+                present = present > 0
+                if not present.any():
+                    raise DdnnError("'present' marks no device as present")
+        except DdnnError as exc:
+            self._reply_error(frame, Status.BAD_INPUT, str(exc))
+            return None
+        return _Job(frame, item.arrived, x, present)
+
+    def _run_group(self, executor: SectionExecutor, section: int, jobs: list[_Job]) -> None:
+        start = time.perf_counter()
+        x = np.stack([j.x for j in jobs])  # [B, *input_shape]
+        present = None
+        if any(j.present is not None for j in jobs):
+            present = np.stack(
+                [j.present if j.present is not None else np.ones(len(j.x), bool) for j in jobs]
+            )  # [B, D]
+        answers = executor.run(section, x, present)
+        done = time.perf_counter()
+        compute_ms = (done - start) * 1000
+        self.metrics.observe("batch_compute_ms", compute_ms, "compute time per batch")
+        self.metrics.inc("batches_total", "batches run")
+        for job, ans in zip(jobs, answers, strict=True):
+            queue_ms = (start - job.arrived) * 1000
+            self.metrics.observe("queue_ms", queue_ms, "time a request waited before compute")
+            reply = Reply(
+                request_id=job.request.request_id,
+                status=Status.OK,
+                predicted=ans.predicted,
+                exit_index=ans.exit_index,
+                entropy=ans.entropy,
+                queue_ms=queue_ms,
+                compute_ms=compute_ms,
+            )
+            self._publish(reply_topic(job.request.device_id), encode_frame(reply))
+            self.metrics.inc("replies_total", "replies sent", status="ok")
+
+    # -- replies -----------------------------------------------------------------------------
+
+    def _duplicate(self, frame: Request) -> bool:
+        key = (frame.device_id, frame.request_id)
+        with self._seen_lock:
+            if key in self._seen:
+                return True
+            self._seen[key] = None
+            if len(self._seen) > 100_000:
+                self._seen.popitem(last=False)
+        return False
+
+    def _reply_error(self, frame: Request, code: Status, message: str) -> None:
+        reply_error(self.transport, self.metrics, frame, code, message)
+
+    def _error(self, topic: str, payload: bytes, code: Status, message: str) -> None:
+        answer_bad_message(self.transport, self.metrics, topic, payload, code, message)
+
+    def _publish(self, topic: str, payload: bytes) -> None:
+        publish_quietly(self.transport, topic, payload)

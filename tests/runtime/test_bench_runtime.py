@@ -1,0 +1,15 @@
+import pytest
+
+from ddnn.bench.runtime import bench_runtime, bench_runtime_text
+
+pytestmark = pytest.mark.integration
+
+
+def test_bench_runtime_measures_everything_in_one_run(tiny_ddnn):
+    r = bench_runtime(str(tiny_ddnn), repeats=20, seconds=0.5, max_devices=2)
+    assert r["round_trip"]["echo_median_ms"] > 0 and r["round_trip"]["framework_median_ms"] > 0
+    assert r["bytes"]["payload"] == 98 and 0 < r["bytes"]["frame_overhead"] <= 64
+    assert r["bytes"]["mqtt_packet"] > r["bytes"]["frame"]
+    assert [s["devices"] for s in r["throughput"]["sweep"]] == [1, 2]
+    assert all(s["requests_per_s"] > 0 for s in r["throughput"]["sweep"])
+    assert "ratio" in bench_runtime_text(r)

@@ -1,0 +1,160 @@
+"""The runtime as it is deployed: real Mosquitto, tiers as separate OS processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+import numpy as np
+import pytest
+
+from ddnn.data.datasets import create_dataset
+from ddnn.data.views import device_view
+from ddnn.runtime.device import DeviceClient
+from ddnn.runtime.edge import EdgeAggregator
+from ddnn.runtime.mqtt import MqttTransport
+from ddnn.runtime.processes import Process
+from ddnn.runtime.runner import run_deployment
+from ddnn.runtime.wire import ErrorFrame, Reply, decode_frame, reply_topic, request_topic
+from ddnn.store.artifact import read_spec
+
+pytestmark = pytest.mark.integration
+
+
+def views(n: int, spec, index: int = 0):
+    test = create_dataset("synthetic").test.head(n)
+    x = test.images.float().div(255)
+    return [device_view(x[i : i + 1], spec, index)[0].numpy() for i in range(n)], test.labels
+
+
+def test_full_run_on_a_tiny_model(tiny_ddnn, tmp_path):
+    report = run_deployment(tiny_ddnn, tmp_path / "out", devices=2, samples=30, workers=1)
+    for mode in ("device+server", "server-only"):
+        c = report["configurations"][mode]
+        assert c["samples"] == 30 and c["lost"] == 0 and c["degraded"] == 0
+        assert c["accuracy"]["overall"] > 0.8
+        assert set(c["time_ms"]) == {"device", "comm", "server", "total"}
+    assert report["configurations"]["server-only"]["bytes_per_sample"] > 784
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert saved["configurations"].keys() == report["configurations"].keys()
+    assert (tmp_path / "out" / "time_ms.png").exists()
+
+
+def test_server_killed_and_restarted(tiny_ddnn, broker, tmp_path):
+    spec = read_spec(tiny_ddnn)
+    xs, _ = views(6, spec)
+    server = Process(
+        "server",
+        ["serve", str(tiny_ddnn), "--broker", broker.url, "--workers", "1"],
+        tmp_path,
+        True,
+    )
+    transport = MqttTransport.from_url(broker.url)
+    device = DeviceClient(transport, tiny_ddnn, "dev0", mode="server-only", deadline_ms=3000)
+    try:
+        server.wait_ready()
+        assert device.infer(xs[0], 0).status == "ok"
+        server.kill()  # a crash: no goodbye
+        device.deadline_s = 0.3
+        during = [device.infer(x, i) for i, x in enumerate(xs[1:3], 1)]
+        assert all(r.status == "lost" and r.total_ms < 2000 for r in during)
+        server = Process(
+            "server2", ["serve", str(tiny_ddnn), "--broker", broker.url], tmp_path, True
+        )
+        server.wait_ready()
+        device.deadline_s = 3.0
+        after = [device.infer(x, i) for i, x in enumerate(xs[3:], 3)]
+        assert all(r.status == "ok" for r in after)
+    finally:
+        device.close()
+        transport.close()
+        server.stop()
+
+
+def test_device_plus_server_degrades_instead_of_losing(tiny_ddnn, broker):
+    spec = read_spec(tiny_ddnn)
+    xs, _ = views(10, spec)
+    transport = MqttTransport.from_url(broker.url)
+    device = DeviceClient(transport, tiny_ddnn, "dev0", deadline_ms=200)
+    device.model.spec = device.model.spec.with_thresholds({"device": 0.0})  # everything goes up
+    try:
+        records = [device.infer(x, i) for i, x in enumerate(xs)]
+    finally:
+        device.close()
+        transport.close()
+    assert all(r.status == "degraded" and r.predicted >= 0 for r in records)
+
+
+def test_missing_multiview_device_is_answered_after_the_deadline(tiny_multiview, broker, tmp_path):
+    spec = read_spec(tiny_multiview)
+    server = Process(
+        "server", ["serve", str(tiny_multiview), "--broker", broker.url], tmp_path, True
+    )
+    transports = [MqttTransport.from_url(broker.url) for _ in range(4)]
+    edge = EdgeAggregator(transports[3], tiny_multiview, frame_deadline_ms=150)
+    devices = [DeviceClient(transports[i], tiny_multiview, f"dev{i}", i) for i in range(3)]
+    try:
+        server.wait_ready()
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(3) as pool:
+            records = list(
+                pool.map(lambda i: devices[i].infer(views(1, spec, i)[0][0], 7), range(3))
+            )
+    finally:
+        for d in devices:
+            d.close()
+        edge.close()
+        for t in transports:
+            t.close()
+        server.stop()
+    assert all(r.status == "degraded" and r.missing == ["dev3"] for r in records)
+    assert max(r.total_ms for r in records) >= 150  # the first to report waited the deadline
+    assert len({r.predicted for r in records}) == 1
+
+
+def test_garbage_on_every_topic_and_the_tiers_keep_serving(tiny_multiview, broker, tmp_path):
+    spec = read_spec(tiny_multiview)
+    tiers = [
+        Process("server", ["serve", str(tiny_multiview), "--broker", broker.url], tmp_path, True),
+        Process("edge", ["edge", str(tiny_multiview), "--broker", broker.url], tmp_path, True),
+    ]
+    spy = MqttTransport.from_url(broker.url)
+    answers: list[bytes] = []
+    spy.subscribe(reply_topic("evil"), lambda t, p: answers.append(p))
+    rng = random.Random(0)
+    try:
+        for t in tiers:
+            t.wait_ready()
+        topics = [
+            request_topic("ddnn-multiview", s, "evil", prefix=p)
+            for s in (0, 1, 2) for p in ("dd", "dd/e")
+        ] + [reply_topic("dev0"), reply_topic("edge"), "dd/q/nosuch/1/evil"]  # fmt: skip
+        for topic in topics:
+            for n in (0, 1, 5, 60, 400):
+                spy.publish(topic, os.urandom(n) if n else b"")
+            spy.publish(topic, b"DN\x01\x01" + bytes(rng.randrange(256) for _ in range(40)))
+        transports = [MqttTransport.from_url(broker.url) for _ in range(4)]
+        devices = [DeviceClient(transports[i], tiny_multiview, f"dev{i}", i) for i in range(4)]
+        from concurrent.futures import ThreadPoolExecutor
+
+        try:
+            with ThreadPoolExecutor(4) as pool:
+                records = list(
+                    pool.map(lambda i: devices[i].infer(views(1, spec, i)[0][0], 3), range(4))
+                )
+        finally:
+            for d in devices:
+                d.close()
+            for t in transports:
+                t.close()
+        assert all(t.proc.poll() is None for t in tiers), "a tier died on garbage"
+    finally:
+        spy.close()
+        for t in tiers:
+            t.stop()
+    assert all(r.status == "ok" for r in records)
+    frames = [decode_frame(a) for a in answers]
+    assert frames and all(isinstance(f, ErrorFrame | Reply) for f in frames)
+    assert np.mean([isinstance(f, ErrorFrame) for f in frames]) == 1.0

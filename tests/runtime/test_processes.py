@@ -1,0 +1,157 @@
+"""Device, edge and server wired through the in-memory transport: the same code paths as over
+MQTT, in one process."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ddnn.data.datasets import create_dataset
+from ddnn.data.views import device_view
+from ddnn.nn.entropy import normalized_entropy
+from ddnn.runtime.device import EDGE_PREFIX, DeviceClient
+from ddnn.runtime.edge import EdgeAggregator
+from ddnn.runtime.memory import MemoryTransport
+from ddnn.runtime.server import InferenceServer, ModelDB
+from ddnn.runtime.wire import ErrorFrame, decode_frame, reply_topic, request_topic
+from ddnn.store.artifact import load_model, read_spec, save_model
+
+
+@pytest.fixture
+def hub(request):
+    name = f"hub-{request.node.name}"
+    transports: list[MemoryTransport] = []
+
+    def make() -> MemoryTransport:
+        t = MemoryTransport(name)
+        transports.append(t)
+        return t
+
+    yield make
+    for t in transports:
+        t.close()
+
+
+def samples(n: int = 24):
+    test = create_dataset("synthetic").test.head(n)
+    return test.images.float().div(255), test.labels
+
+
+def half_offloading(run, folder):
+    """A copy of the model whose local threshold sends about half of the test samples up."""
+    model = load_model(run)
+    x, _ = samples()
+    ents = normalized_entropy(model.run_device(0, x).logits).detach().numpy()
+    model.spec = model.spec.with_thresholds({"device": float(np.median(ents))})
+    return save_model(model, folder)
+
+
+def test_single_device_answers_locally_or_through_the_server(tiny_ddnn, hub, tmp_path):
+    run = half_offloading(tiny_ddnn, tmp_path / "m")
+    server = InferenceServer(hub(), ModelDB([run]), workers=2)
+    device = DeviceClient(hub(), run, "dev0", deadline_ms=5000)
+    try:
+        x, y = samples()
+        records = [device.infer(x[i].numpy(), i, int(y[i])) for i in range(len(x))]
+    finally:
+        device.close()
+        server.close()
+    assert all(r.status == "ok" for r in records)
+    assert all(r.predicted >= 0 for r in records)
+    offloaded = [r for r in records if r.offloaded]
+    local = [r for r in records if not r.offloaded]
+    assert offloaded and local, "the tiny model should both exit locally and offload"
+    assert all(r.exit_index == 1 and r.frame_bytes == 38 + 4 * 4 + 98 for r in offloaded)
+    assert all(r.exit_index == 0 and r.frame_bytes == 0 for r in local)
+    accuracy = np.mean([r.predicted == r.label for r in records])
+    assert accuracy > 0.8
+
+
+def test_server_only_sends_raw_pixels(tiny_ddnn, hub):
+    server = InferenceServer(hub(), ModelDB([tiny_ddnn]), workers=1)
+    device = DeviceClient(hub(), tiny_ddnn, "dev0", mode="server-only", deadline_ms=5000)
+    try:
+        x, _ = samples(4)
+        records = [device.infer(x[i].numpy(), i) for i in range(4)]
+    finally:
+        device.close()
+        server.close()
+    assert all(r.offloaded and r.status == "ok" and r.exit_index == 1 for r in records)
+    assert all(r.frame_bytes - 784 < 64 for r in records)
+
+
+def test_dead_server_means_degraded_local_answers(tiny_ddnn, hub, tmp_path):
+    device = DeviceClient(
+        hub(), half_offloading(tiny_ddnn, tmp_path / "m"), "dev0", deadline_ms=100
+    )
+    try:
+        x, _ = samples(8)
+        records = [device.infer(x[i].numpy(), i) for i in range(8)]
+    finally:
+        device.close()
+    assert all(r.status in ("ok", "degraded") for r in records)
+    assert any(r.status == "degraded" for r in records)
+    assert all(r.predicted >= 0 and r.total_ms < 1000 for r in records)
+
+
+def test_multiview_through_the_edge_and_a_missing_device(tiny_multiview, hub):
+    spec = read_spec(tiny_multiview)
+    server = InferenceServer(hub(), ModelDB([tiny_multiview]), workers=1)
+    edge = EdgeAggregator(hub(), tiny_multiview, frame_deadline_ms=150)
+    devices = [
+        DeviceClient(hub(), tiny_multiview, f"dev{i}", i, deadline_ms=5000) for i in range(4)
+    ]
+    x, _ = samples(6)
+    try:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(4) as pool:
+            all_four = [
+                list(
+                    pool.map(
+                        lambda d, i=i: devices[d].infer(
+                            device_view(x[i : i + 1], spec, d)[0].numpy(), i
+                        ),
+                        range(4),
+                    )
+                )
+                for i in range(3)
+            ]
+            three = [
+                list(
+                    pool.map(
+                        lambda d, i=i: devices[d].infer(
+                            device_view(x[i : i + 1], spec, d)[0].numpy(), i
+                        ),
+                        range(3),
+                    )
+                )
+                for i in range(3, 6)
+            ]
+    finally:
+        for d in devices:
+            d.close()
+        edge.close()
+        server.close()
+    for frame in all_four:
+        assert len({r.predicted for r in frame}) == 1 and all(r.status == "ok" for r in frame)
+    for frame in three:
+        assert all(r.status == "degraded" and r.missing == ["dev3"] for r in frame)
+
+
+def test_garbage_gets_an_error_and_the_server_keeps_serving(tiny_ddnn, hub):
+    server = InferenceServer(hub(), ModelDB([tiny_ddnn]), workers=1)
+    spy = hub()
+    got: list[bytes] = []
+    spy.subscribe(reply_topic("evil"), lambda t, p: got.append(p))
+    spy.publish(request_topic("ddnn", 1, "evil"), b"\x00garbage")
+    device = DeviceClient(hub(), tiny_ddnn, "dev0", deadline_ms=5000, mode="server-only")
+    try:
+        x, _ = samples(2)
+        record = device.infer(x[0].numpy(), 0)
+    finally:
+        device.close()
+        server.close()
+    assert record.status == "ok"
+    assert got and isinstance(decode_frame(got[0]), ErrorFrame)
+    assert EDGE_PREFIX != "dd"
