@@ -14,9 +14,9 @@ from ddnn.distributed.launch import launch_local
 from ddnn.distributed.shard import shard_batches
 from ddnn.distributed.trainer import FAULT_ENV
 from ddnn.errors import DdnnError
-from ddnn.store.artifact import load_model
+from ddnn.store.artifact import load_model, read_spec_doc
 from ddnn.train.config import load_experiment
-from ddnn.train.trainer import Trainer, train_step
+from ddnn.train.trainer import Trainer, train_experiment, train_step
 
 # 2 ranks x 16 = one process x 32 on the same samples per step; the only difference is the order
 # of float32 sums (mean of two means vs one mean), about 1e-7 per step: 4 steps stay within 1e-5.
@@ -42,16 +42,25 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(tmp_path):
     assert record["global_batch"] == 32 and record["workers"] == 2
 
 
-def test_parameter_server_trains(tmp_path):
+def test_parameter_server_fine_tunes_with_a_warmed_up_scaled_lr(tmp_path):
+    parent, run = tmp_path / "parent", tmp_path / "v2"
+    train_experiment(_experiment(32, limit=64), parent, progress=False)  # a stored model, v1
     exp = _experiment(32, epochs=3, limit=None)
-    exp = replace(exp, train=replace(exp.train, lr=0.1))
-    report = launch_local(exp, tmp_path, DistConfig(strategy="ps", timeout=30), 2, progress=False)
-    losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").open()]
+    exp = replace(exp, train=replace(exp.train, lr=0.05))  # x 2 workers (linear) = 0.1
+    cfg = DistConfig(strategy="ps", lr_scaling="linear", warmup_epochs=1.0, timeout=30)
+    report = launch_local(exp, run, cfg, 2, init_from=parent, progress=False)
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").open()]
     assert len(losses) == 3 and losses[-1] < losses[0]
     assert report["accuracy"]["overall"] > 0.25  # 4 synthetic classes: above chance
-    record = json.loads((tmp_path / "distributed.json").read_text())
+    record = json.loads((run / "distributed.json").read_text())
     assert record["strategy"] == "ps" and record["world_size"] == 3
     assert all(e["comm_per_step"] > 0 for e in record["epochs"])
+    assert record["lr"] == pytest.approx(0.1) and record["base_lr"] == pytest.approx(0.05)
+    assert record["warmup_epochs"] == 1.0
+    metrics = json.loads((run / "metrics.json").read_text())  # fine-tuning: before and after
+    assert metrics["before_fine_tuning"]["samples"] == metrics["test"]["samples"]
+    spec = read_spec_doc(run)
+    assert spec["version"] == 2 and spec["parent"] == str(parent.resolve())
 
 
 def test_a_stalled_rank_ends_the_run_with_a_clear_error(tmp_path, monkeypatch):

@@ -158,3 +158,19 @@ def test_garbage_on_every_topic_and_the_tiers_keep_serving(tiny_multiview, broke
     frames = [decode_frame(a) for a in answers]
     assert frames and all(isinstance(f, ErrorFrame | Reply) for f in frames)
     assert np.mean([isinstance(f, ErrorFrame) for f in frames]) == 1.0
+
+
+def test_device_command_on_image_files(tiny_ddnn, tmp_path, capsys):
+    from matplotlib.image import imsave
+
+    from ddnn.cli import main
+
+    x = create_dataset("synthetic").test.images[:2, 0].numpy()
+    paths = []
+    for i, img in enumerate(x):
+        paths.append(str(tmp_path / f"img{i}.png"))
+        imsave(paths[-1], img, cmap="gray", vmin=0, vmax=255)
+    argv = ["device", str(tiny_ddnn), "--images", *paths, "--deadline-ms", "300"]
+    assert main(argv) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert len(lines) == 2 and all(r["predicted"] >= 0 for r in lines)

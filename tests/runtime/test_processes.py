@@ -155,3 +155,54 @@ def test_garbage_gets_an_error_and_the_server_keeps_serving(tiny_ddnn, hub):
     assert record.status == "ok"
     assert got and isinstance(decode_frame(got[0]), ErrorFrame)
     assert EDGE_PREFIX != "dd"
+
+
+def test_metrics_and_health_over_http(tiny_ddnn, hub):
+    import urllib.request
+
+    from ddnn.runtime.metrics import MetricsServer
+
+    server = InferenceServer(hub(), ModelDB([tiny_ddnn]), workers=1)
+    http = MetricsServer(server.metrics, server.healthy)
+    device = DeviceClient(hub(), tiny_ddnn, "dev0", mode="server-only", deadline_ms=5000)
+    try:
+        x, _ = samples(2)
+        device.infer(x[0].numpy(), 0)
+        base = f"http://127.0.0.1:{http.port}"
+        metrics = urllib.request.urlopen(f"{base}/metrics", timeout=5).read().decode()
+        health = urllib.request.urlopen(f"{base}/healthz", timeout=5).read().decode()
+    finally:
+        device.close()
+        http.close()
+        server.close()
+    assert "ddnn_replies_total" in metrics and "ddnn_queue_ms_bucket" in metrics
+    assert health.strip() == "ok"
+
+
+def test_three_tiers_answer_at_the_cloud_when_nothing_earlier_is_confident(
+    tiny_3tier, hub, tmp_path
+):
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = load_model(tiny_3tier)
+    model.spec = model.spec.with_thresholds({"device": 0.0, "edge": 0.0})
+    run = save_model(model, tmp_path / "m")
+    spec = read_spec(run)
+    server = InferenceServer(hub(), ModelDB([run]), workers=1)
+    edge = EdgeAggregator(hub(), run, frame_deadline_ms=2000)
+    devices = [DeviceClient(hub(), run, f"dev{i}", i, deadline_ms=5000) for i in range(4)]
+    x, _ = samples(2)
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            frame = list(
+                pool.map(
+                    lambda d: devices[d].infer(device_view(x[:1], spec, d)[0].numpy(), 0), range(4)
+                )
+            )
+    finally:
+        for d in devices:
+            d.close()
+        edge.close()
+        server.close()
+    assert all(r.status == "ok" and r.exit_index == 2 and r.offloaded for r in frame)
+    assert len({r.predicted for r in frame}) == 1

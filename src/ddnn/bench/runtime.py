@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import socket
 import statistics
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,7 @@ from ddnn.runtime.broker import MosquittoBroker
 from ddnn.runtime.client import Requester
 from ddnn.runtime.executor import SectionExecutor
 from ddnn.runtime.mqtt import MqttTransport
+from ddnn.runtime.processes import Process
 from ddnn.runtime.server import InferenceServer, ModelDB
 from ddnn.runtime.wire import Encoding, Reply, Request, encode_tensor, request_topic
 from ddnn.store.artifact import load_model, read_spec_doc
@@ -98,38 +100,43 @@ def framework_rtt(url: str, run_dir: str, repeats: int) -> tuple[list[float], in
 
 
 def throughput(
-    url: str, run_dir: str, devices: int, seconds: float, window: int
+    url: str, run_dir: str, devices: int, seconds: float, window: int, logs: Path
 ) -> dict[str, float]:
-    """`devices` clients, each keeping `window` requests in flight, for `seconds`."""
+    """`devices` clients in this process, each keeping `window` requests in flight for
+    `seconds`, against `ddnn serve` in its own process (as deployed: no GIL shared with the
+    load generator)."""
     doc = read_spec_doc(run_dir)
     name, version = str(doc["name"]), int(doc["version"])
     model = load_model(run_dir)
-    with MqttTransport.from_url(url) as st:
-        server = InferenceServer(st, ModelDB([run_dir]), workers=2, max_batch=64)
+    args = ["serve", run_dir, "--broker", url, "--workers", "2", "--max-batch", "64"]
+    server = Process(f"bench-server-{devices}", args, logs, ready=True)
+    try:
+        server.wait_ready()
+        transports = [MqttTransport.from_url(url) for _ in range(devices)]
+        requesters = [Requester(t, f"load{i}") for i, t in enumerate(transports)]
+        stop = time.perf_counter() + seconds
+
+        def loop(i: int) -> list[float]:
+            req, lat = requesters[i // window], []
+            topic = request_topic(name, 1, req.identity)
+            while time.perf_counter() < stop:
+                r = _request(model, name, version, req.next_id(), req.identity)
+                pending, _ = req.send(topic, r)
+                if isinstance(req.wait(r.request_id, pending, 10.0), Reply):
+                    lat.append((pending.received_at - pending.sent_at) * 1000)
+            return lat
+
         try:
             with ThreadPoolExecutor(devices * window) as pool:
-                stop = time.perf_counter() + seconds
-                transports = [MqttTransport.from_url(url) for _ in range(devices)]
-                requesters = [Requester(t, f"load{i}") for i, t in enumerate(transports)]
-
-                def loop(i: int) -> list[float]:
-                    req, lat = requesters[i // window], []
-                    topic = request_topic(name, 1, req.identity)
-                    while time.perf_counter() < stop:
-                        r = _request(model, name, version, req.next_id(), req.identity)
-                        pending, _ = req.send(topic, r)
-                        if isinstance(req.wait(r.request_id, pending, 10.0), Reply):
-                            lat.append((pending.received_at - pending.sent_at) * 1000)
-                    return lat
-
                 t0 = time.perf_counter()
                 results = list(pool.map(loop, range(devices * window)))
                 elapsed = time.perf_counter() - t0
-                for r, t in zip(requesters, transports, strict=True):
-                    r.close()
-                    t.close()
         finally:
-            server.close()
+            for r, t in zip(requesters, transports, strict=True):
+                r.close()
+                t.close()
+    finally:
+        server.stop()
     lat = [x for part in results for x in part]
     return {
         "devices": devices,
@@ -141,7 +148,8 @@ def throughput(
 
 
 def in_process_throughput(run_dir: str, batch: int, seconds: float) -> float:
-    """Samples/s of the same section called directly with full batches: the ceiling."""
+    """Samples/s of the same section called directly with full batches: the ceiling (torch with
+    its default threads, all cores)."""
     model = load_model(run_dir)
     ex = SectionExecutor(model)
     shape = ex.input_shape(1)
@@ -157,11 +165,11 @@ def in_process_throughput(run_dir: str, batch: int, seconds: float) -> float:
 def bench_runtime(
     run_dir: str, repeats: int = 300, seconds: float = 5.0, max_devices: int = 8
 ) -> dict[str, Any]:
-    with MosquittoBroker() as broker:
+    with MosquittoBroker() as broker, tempfile.TemporaryDirectory() as logs:
         fw, frame_bytes, packet_bytes, payload = framework_rtt(broker.url, run_dir, repeats)
         echo = bare_echo_rtt(broker.port, b"\x00" * frame_bytes, repeats)
         sweep = [
-            throughput(broker.url, run_dir, d, seconds, window=4)
+            throughput(broker.url, run_dir, d, seconds, 4, Path(logs))
             for d in (1, 2, 4, 8)
             if d <= max_devices
         ]

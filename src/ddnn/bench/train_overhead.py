@@ -91,5 +91,8 @@ def bench_train_text(r: dict[str, Any]) -> str:
         f"{r['threads']} threads, {len(r['plain_s'])} alternating repeats\n"
         f"  plain PyTorch loop   median {r['plain_median_s']:.3f} s\n"
         f"  ddnn trainer         median {r['framework_median_s']:.3f} s\n"
-        f"  overhead ratio       median {r['ratio_median']:.3f} (target <= {r['target']:.2f})"
+        f"  overhead ratio       median {r['ratio_median']:.3f} (target <= {r['target']:.2f}), "
+        f"ratio of medians {r['framework_median_s'] / r['plain_median_s']:.3f}\n"
+        f"  every repeat (s): plain {', '.join(f'{t:.2f}' for t in r['plain_s'])}; "
+        f"ddnn {', '.join(f'{t:.2f}' for t in r['framework_s'])}"
     )

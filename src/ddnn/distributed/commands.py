@@ -25,7 +25,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--strategy", choices=("allreduce", "ps"), help="default: allreduce (DDP)")
     g.add_argument("--ps-mode", choices=("sync", "async"), help="parameter server: default sync")
     g.add_argument("--compress", choices=("none", "fp16"), help="all-reduce gradient compression")
-    g.add_argument("--lr-scaling", choices=("none", "linear"), help="linear: lr x workers")
+    g.add_argument("--lr-scaling", choices=("none", "linear", "sqrt"),
+                   help="sync: lr x workers (linear) or x sqrt(workers); default none")  # fmt: skip
+    g.add_argument("--warmup-epochs", type=float,
+                   help="lr rises from the base to the scaled lr over these epochs")  # fmt: skip
     g.add_argument("--timeout", type=float, help="seconds before a dead node fails the run")
     g.add_argument("--max-restarts", type=int, help="elastic restarts (resume from checkpoint)")
 
@@ -48,7 +51,10 @@ def dist_config(args: argparse.Namespace) -> Any:
     cfg = DistConfig()
     if getattr(args, "config", None):
         cfg = from_dict(DistConfig, load_config_dict(args.config).get("distributed", {}), "dist")
-    options = ("strategy", "ps_mode", "compress", "lr_scaling", "timeout", "max_restarts")
+    options = (
+        "strategy", "ps_mode", "compress", "lr_scaling", "warmup_epochs", "timeout",
+        "max_restarts",
+    )  # fmt: skip
     cfg = replace(cfg, **{k: getattr(args, k) for k in options if getattr(args, k, None)})
     cfg.validate()
     return cfg

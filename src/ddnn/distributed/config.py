@@ -3,6 +3,7 @@ scaling. Kept apart from TrainConfig so a run's `distributed.json` states them e
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -12,7 +13,7 @@ from ddnn.errors import DdnnError
 STRATEGIES = ("allreduce", "ps")
 PS_MODES = ("sync", "async")
 COMPRESSIONS = ("none", "fp16")
-LR_SCALINGS = ("none", "linear")
+LR_SCALINGS = ("none", "linear", "sqrt")
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,8 @@ class DistConfig:
     strategy: str = "allreduce"  # allreduce: DDP over gloo; ps: rank 0 is a parameter server
     ps_mode: str = "sync"  # ps only: sync waits for every worker per step, async applies each push
     compress: str = "none"  # allreduce only: fp16 halves the gradient bytes on the wire
-    lr_scaling: str = "none"  # linear: lr x workers (global batch grows with the workers)
+    lr_scaling: str = "none"  # linear: lr x workers, sqrt: lr x sqrt(workers) (global batch grows)
+    warmup_epochs: float = 0.0  # lr rises from the base lr to the scaled lr over these epochs
     timeout: float = 120.0  # seconds a collective may wait before the run fails (dead node)
     max_restarts: int = 0  # local launches: torch elastic restarts, each resuming a checkpoint
 
@@ -37,6 +39,8 @@ class DistConfig:
             raise DdnnError("--compress fp16 applies to --strategy allreduce only")
         if self.timeout <= 0:
             raise DdnnError("--timeout must be positive (seconds)")
+        if self.warmup_epochs < 0:
+            raise DdnnError("--warmup-epochs must be >= 0")
         if self.max_restarts < 0:
             raise DdnnError("--max-restarts must be >= 0")
 
@@ -65,8 +69,19 @@ class DistConfig:
             "lr": self.scaled_lr(base_lr, workers),
         }
 
+    def lr_factor(self, workers: int) -> float:
+        """How much the lr is scaled for `workers` workers (sync: the global batch is x workers;
+        async ps applies each worker's batch-64 gradient on its own, so nothing is scaled)."""
+        if self.strategy == "ps" and self.ps_mode == "async":
+            return 1.0
+        if self.lr_scaling == "linear":
+            return float(workers)
+        if self.lr_scaling == "sqrt":
+            return math.sqrt(workers)
+        return 1.0
+
     def scaled_lr(self, base_lr: float, workers: int) -> float:
-        return base_lr * workers if self.lr_scaling == "linear" else base_lr
+        return base_lr * self.lr_factor(workers)
 
 
 _RATE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(bit|kbit|mbit|gbit|bps|kbps|mbps|gbps)?\s*$", re.I)

@@ -11,7 +11,7 @@ from ddnn.distributed.trainer import RECORD_FILE
 from ddnn.errors import DdnnError
 
 COLUMNS = (
-    "run", "strategy", "N", "global batch", "lr", "epochs", "train s", "s/epoch",
+    "run", "strategy", "N", "global batch", "lr rule", "lr", "epochs", "train s", "s/epoch",
     "compute ms/step", "comm ms/step", "test acc",
 )  # fmt: skip
 
@@ -30,9 +30,13 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
     strategy = rec["strategy"] + (f"-{rec['ps_mode']}" if rec["strategy"] == "ps" else "")
     strategy += "+fp16" if rec["compress"] == "fp16" else ""
     train_s = sum(e["seconds"] for e in epochs)
+    rule = rec.get("lr_scaling", "none")
+    if rec.get("warmup_epochs"):
+        rule += f" + {rec['warmup_epochs']:g} ep warm-up"
     return {
         "run": folder.name, "strategy": strategy, "workers": rec["workers"],
-        "global_batch": rec["global_batch"], "lr": rec["lr"], "epochs": len(epochs),
+        "global_batch": rec["global_batch"], "lr_rule": rule, "lr": rec["lr"],
+        "epochs": len(epochs),
         "train_seconds": train_s, "epoch_seconds": train_s / len(epochs),
         "compute_ms": 1e3 * sum(e["compute_per_step"] for e in epochs) / len(epochs),
         "comm_ms": 1e3 * sum(e["comm_per_step"] for e in epochs) / len(epochs),
@@ -43,21 +47,23 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
 def summary_row(s: dict[str, Any]) -> list[str]:
     acc = "-" if s["test_accuracy"] is None else f"{s['test_accuracy']:.4f}"
     return [
-        s["run"], s["strategy"], str(s["workers"]), str(s["global_batch"]), f"{s['lr']:g}",
+        s["run"], s["strategy"], str(s["workers"]), str(s["global_batch"]), s["lr_rule"],
+        f"{s['lr']:g}",
         str(s["epochs"]), f"{s['train_seconds']:.1f}", f"{s['epoch_seconds']:.1f}",
         f"{s['compute_ms']:.1f}", f"{s['comm_ms']:.1f}", acc,
     ]  # fmt: skip
 
 
 def plot_summaries(rows: list[dict[str, Any]], path: str | Path, title: str) -> None:
-    """Stacked compute + communication per step, and total training time, per run."""
+    """Stacked compute + communication per step, total training time and test accuracy, per
+    run (labelled by run folder name)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r['strategy']}\nN={r['workers']}" for r in rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    labels = [r["run"].replace("-", "\n", 1) for r in rows]
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4.5))
     xs = range(len(rows))
     ax1.bar(xs, [r["compute_ms"] for r in rows], label="compute")
     ax1.bar(xs, [r["comm_ms"] for r in rows], bottom=[r["compute_ms"] for r in rows],
@@ -71,6 +77,17 @@ def plot_summaries(rows: list[dict[str, Any]], path: str | Path, title: str) -> 
             ax2.text(x, r["train_seconds"], f"{r['test_accuracy']:.3f}", ha="center", fontsize=8)
     ax2.set_xticks(list(xs), labels, fontsize=8)
     ax2.set_ylabel("training seconds (labels: test accuracy)")
+    accs = [r["test_accuracy"] or 0.0 for r in rows]
+    ax3.bar(xs, accs, color="tab:green")
+    if any(accs):
+        ax3.set_ylim(max(0.0, min(a for a in accs if a > 0) - 0.05), max(accs) + 0.01)
+    one = [a for r, a in zip(rows, accs, strict=True) if r["workers"] == 1 and a > 0]
+    if one:  # the target: within 1 point of one node
+        ax3.axhline(one[0] - 0.01, color="red", linestyle="--", linewidth=1,
+                    label="N=1 accuracy - 1 point")  # fmt: skip
+        ax3.legend(fontsize=8)
+    ax3.set_xticks(list(xs), labels, fontsize=8)
+    ax3.set_ylabel("test accuracy")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

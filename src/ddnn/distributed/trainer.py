@@ -25,6 +25,7 @@ from ddnn.distributed.config import DistConfig
 from ddnn.distributed.hooks import CommTimer, comm_hook
 from ddnn.distributed.ps import ParameterServer, PSClient, pack_state, unpack_state
 from ddnn.distributed.shard import shard_batches, steps_per_epoch
+from ddnn.distributed.warmup import with_warmup
 from ddnn.errors import DdnnError
 from ddnn.model.spec import ModelSpec
 from ddnn.train.config import Experiment
@@ -72,14 +73,21 @@ class DistributedTrainer(Trainer):
             ddp = _DDP(self.model)
             ddp.register_comm_hook(self.timer, comm_hook(dist_cfg.compress))
             self.ctx.model = ddp  # type: ignore[assignment]
-            self.ctx.scheduler = make_scheduler(self.ctx.optimizer, self.cfg, self.steps)
+            self.ctx.scheduler = self._scheduler(self.steps)
         elif self.is_server:
             self.server = ParameterServer(self.ctx, self.workers, dist_cfg.ps_mode)
-            updates = self.steps * self.server.updates_per_step()
-            self.ctx.scheduler = make_scheduler(self.ctx.optimizer, self.cfg, updates)
+            self.ctx.scheduler = self._scheduler(self.steps * self.server.updates_per_step())
         else:
             self.ctx.optimizer = PSClient(self.model)  # type: ignore[assignment]
             self.ctx.scheduler = None  # the server owns the learning rate
+
+    def _scheduler(self, updates_per_epoch: int) -> Any:
+        """The trainer's schedule over this run's updates, behind the lr warm-up if one is set."""
+        inner = make_scheduler(self.ctx.optimizer, self.cfg, updates_per_epoch)
+        warmup = round(self.dist_cfg.warmup_epochs * updates_per_epoch)
+        return with_warmup(
+            self.ctx.optimizer, inner, warmup, 1.0 / self.dist_cfg.lr_factor(self.workers)
+        )
 
     def share_start(self) -> None:
         """Every rank continues from rank 0's epoch (and optimizer, for all-reduce), so a resumed
@@ -183,7 +191,7 @@ def write_record(
     run_dir: Path, dist_cfg: DistConfig, world: int, cfg: Any, timings: list[dict[str, Any]]
 ) -> None:
     """distributed.json: the scaling (global batch, lr rule and value) and per-epoch timings."""
-    base_lr = cfg.lr / (dist_cfg.workers(world) if dist_cfg.lr_scaling == "linear" else 1)
+    base_lr = cfg.lr / dist_cfg.lr_factor(dist_cfg.workers(world))
     doc = dist_cfg.record(world, cfg.batch_size, base_lr) | {"epochs": timings}
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / RECORD_FILE).write_text(json.dumps(doc, indent=2))
@@ -238,9 +246,10 @@ def run_rank(
         trainer.share_start()
         if rank == 0:
             log.info(
-                "%s: %d workers x batch %d = global batch %d, lr %g",
-                dist_cfg.strategy, workers, experiment.train.batch_size,
+                "%s: %d workers x batch %d = global batch %d, lr %g (%s scaling, %g warm-up "
+                "epochs)", dist_cfg.strategy, workers, experiment.train.batch_size,
                 dist_cfg.record(world, experiment.train.batch_size, lr)["global_batch"], lr,
+                dist_cfg.lr_scaling, dist_cfg.warmup_epochs,
             )  # fmt: skip
             write_record(run_dir, dist_cfg, world, experiment.train, trainer.timings)
             return trainer.fit()

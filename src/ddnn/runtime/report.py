@@ -57,11 +57,14 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     label = np.array([r["label"] for r in rows])
     pred = np.array([r["predicted"] for r in rows])
     local_pred = np.array([r["local_predicted"] for r in rows])
-    offloaded = np.array([r["offloaded"] for r in rows])
+    exit_index = np.array([r["exit_index"] for r in rows])
+    degraded = np.array([r["status"] == "degraded" for r in rows])
     has_local = bool((local_pred >= 0).any())
     correct = pred == label
     local_correct = local_pred == label
-    up = offloaded & (pred >= 0)
+    # answered by the local exit (on the device, or the edge's fused one), not as a fallback
+    at_local = (exit_index == 0) & ~degraded
+    up = (exit_index > 0) & (pred >= 0)
     return {
         "samples": n,
         "accuracy": {
@@ -72,7 +75,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
             # answer for the samples that went up
             "ideal": float((correct | (local_correct & has_local)).mean()),
         },
-        "local_exit_fraction": float((~offloaded).mean()),
+        "local_exit_fraction": float(at_local.mean()),
         "time_ms": {
             k: _pct([r[f"{k}_ms"] for r in rows]) for k in ("device", "comm", "server", "total")
         },
