@@ -206,3 +206,33 @@ def test_three_tiers_answer_at_the_cloud_when_nothing_earlier_is_confident(
         server.close()
     assert all(r.status == "ok" and r.exit_index == 2 and r.offloaded for r in frame)
     assert len({r.predicted for r in frame}) == 1
+
+
+def test_a_late_device_gets_its_frames_answer_at_once_and_catches_up(tiny_multiview, hub):
+    from concurrent.futures import ThreadPoolExecutor
+
+    spec = read_spec(tiny_multiview)
+    server = InferenceServer(hub(), ModelDB([tiny_multiview]), workers=1)
+    edge = EdgeAggregator(hub(), tiny_multiview, frame_deadline_ms=300)
+    devices = [
+        DeviceClient(hub(), tiny_multiview, f"dev{i}", i, deadline_ms=5000) for i in range(4)
+    ]
+    x, _ = samples(3)
+
+    def view(d: int, i: int):
+        return device_view(x[i : i + 1], spec, d)[0].numpy()
+
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            early = list(pool.map(lambda d: devices[d].infer(view(d, 0), 0), range(3)))
+            late = devices[3].infer(view(3, 0), 0)  # frame 0 was answered without dev3
+            again = list(pool.map(lambda d: devices[d].infer(view(d, 1), 1), range(4)))
+    finally:
+        for d in devices:
+            d.close()
+        edge.close()
+        server.close()
+    assert all(r.status == "degraded" and r.missing == ["dev3"] for r in early)
+    assert late.status == "degraded" and late.predicted == early[0].predicted
+    assert late.total_ms < 300  # answered from the frame's result, no new frame opened
+    assert all(r.status == "ok" for r in again)  # aligned again on the next frame

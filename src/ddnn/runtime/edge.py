@@ -14,6 +14,8 @@ import math
 import queue
 import threading
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +58,11 @@ class _Frame:
     opened: float
     requests: dict[int, tuple[Request, float]] = field(default_factory=dict)  # index -> (req, t)
     local: int = -1  # the fused local exit's prediction, reported to the devices
+    # A device that reports after its frame was dispatched gets the frame's answer (marked
+    # degraded) instead of opening a new frame: a late device catches up at once.
+    late: list[Request] = field(default_factory=list)
+    respond: Callable[[Request], None] | None = None  # set once the frame is answered
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class EdgeAggregator:
@@ -92,6 +99,7 @@ class EdgeAggregator:
         self.requester = Requester(transport, identity)
         self._inbox: queue.Queue[tuple[str, bytes, float] | None] = queue.Queue()
         self._frames: dict[tuple[int, int], _Frame] = {}
+        self._dispatched: OrderedDict[tuple[int, int], _Frame] = OrderedDict()
         self._upstream = ThreadPoolExecutor(max_workers=16, thread_name_prefix="edge-upstream")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="edge", daemon=True)
@@ -162,11 +170,30 @@ class EdgeAggregator:
             reply_error(self.transport, self.metrics, frame, code, str(exc))
             return
         key = (frame.section, frame.frame_id)
+        if key in self._dispatched:
+            self._late(self._dispatched[key], frame)
+            return
         state = self._frames.setdefault(key, _Frame(frame.section, frame.frame_id, arrived))
         state.requests[self.index[frame.device_id]] = (frame, arrived)
         if len(state.requests) == self.spec.devices:
             del self._frames[key]
             self._dispatch(state)
+
+    def _late(self, state: _Frame, frame: Request) -> None:
+        self.metrics.inc("late_device_reports_total", "reports after their frame was dispatched")
+        with state.lock:
+            if state.respond is None:
+                state.late.append(frame)
+                return
+            respond = state.respond
+        respond(frame)
+
+    def _settle(self, state: _Frame, respond: Callable[[Request], None]) -> None:
+        """The frame is answered: late reports from now on (and those waiting) get `respond`."""
+        with state.lock:
+            state.respond, waiting, state.late = respond, state.late, []
+        for frame in waiting:
+            respond(frame)
 
     def _check(self, frame: Request) -> None:
         if frame.model_version != self.version:
@@ -198,6 +225,9 @@ class EdgeAggregator:
     # -- deciding and forwarding --------------------------------------------------------------
 
     def _dispatch(self, state: _Frame) -> None:
+        self._dispatched[(state.section, state.frame_id)] = state
+        if len(self._dispatched) > 4096:
+            self._dispatched.popitem(last=False)
         start = time.perf_counter()
         present = np.zeros(self.spec.devices, dtype=bool)
         present[list(state.requests)] = True
@@ -284,8 +314,13 @@ class EdgeAggregator:
         self.metrics.inc("upstream_failures_total", "forwards without a server answer")
         log.info("frame %d: %s; answering from the edge", state.frame_id, why)
         if fallback is None:  # server-only mode has nothing local to fall back on
-            for req, _ in state.requests.values():
+
+            def fail(req: Request) -> None:
                 reply_error(self.transport, self.metrics, req, Status.TIMEOUT, why)
+
+            for req, _ in state.requests.values():
+                fail(req)
+            self._settle(state, fail)
             return
         self._answer(state, fallback, start, edge_done, missing, degraded=True)
 
@@ -304,3 +339,12 @@ class EdgeAggregator:
             )  # fmt: skip
             publish_quietly(self.transport, reply_topic(req.device_id), encode_frame(reply))
         self.metrics.inc("frames_answered_total", "frames answered", exit=str(ans.exit_index))
+
+        def late(req: Request) -> None:  # its data was not used: degraded, named as missing
+            reply = Reply(
+                req.request_id, Status.DEGRADED, ans.predicted, ans.exit_index, ans.entropy,
+                0.0, 0.0, missing, local,
+            )  # fmt: skip
+            publish_quietly(self.transport, reply_topic(req.device_id), encode_frame(reply))
+
+        self._settle(state, late)
