@@ -3,6 +3,9 @@ MQTT, in one process."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 
@@ -35,6 +38,33 @@ def hub(request):
 def samples(n: int = 24):
     test = create_dataset("synthetic").test.head(n)
     return test.images.float().div(255), test.labels
+
+
+@contextmanager
+def fused(run, hub, frame_deadline_ms: float):
+    """Server, edge and one client per device of a multi-device model, in one process; yields
+    `infer(frame, devices)`: the given devices report sample `frame` together."""
+    spec = read_spec(run)
+    server = InferenceServer(hub(), ModelDB([run]), workers=1)
+    edge = EdgeAggregator(hub(), run, frame_deadline_ms=frame_deadline_ms)
+    clients = [
+        DeviceClient(hub(), run, f"dev{i}", i, deadline_ms=5000) for i in range(spec.devices)
+    ]
+    x, _ = samples(8)
+    pool = ThreadPoolExecutor(spec.devices)
+
+    def infer(frame: int, devices) -> list:
+        view = lambda d: device_view(x[frame : frame + 1], spec, d)[0].numpy()  # noqa: E731
+        return list(pool.map(lambda d: clients[d].infer(view(d), frame), devices))
+
+    try:
+        yield infer
+    finally:
+        pool.shutdown()
+        for c in clients:
+            c.close()
+        edge.close()
+        server.close()
 
 
 def half_offloading(run, folder):
@@ -95,44 +125,9 @@ def test_dead_server_means_degraded_local_answers(tiny_ddnn, hub, tmp_path):
 
 
 def test_multiview_through_the_edge_and_a_missing_device(tiny_multiview, hub):
-    spec = read_spec(tiny_multiview)
-    server = InferenceServer(hub(), ModelDB([tiny_multiview]), workers=1)
-    edge = EdgeAggregator(hub(), tiny_multiview, frame_deadline_ms=150)
-    devices = [
-        DeviceClient(hub(), tiny_multiview, f"dev{i}", i, deadline_ms=5000) for i in range(4)
-    ]
-    x, _ = samples(6)
-    try:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(4) as pool:
-            all_four = [
-                list(
-                    pool.map(
-                        lambda d, i=i: devices[d].infer(
-                            device_view(x[i : i + 1], spec, d)[0].numpy(), i
-                        ),
-                        range(4),
-                    )
-                )
-                for i in range(3)
-            ]
-            three = [
-                list(
-                    pool.map(
-                        lambda d, i=i: devices[d].infer(
-                            device_view(x[i : i + 1], spec, d)[0].numpy(), i
-                        ),
-                        range(3),
-                    )
-                )
-                for i in range(3, 6)
-            ]
-    finally:
-        for d in devices:
-            d.close()
-        edge.close()
-        server.close()
+    with fused(tiny_multiview, hub, frame_deadline_ms=150) as infer:
+        all_four = [infer(i, range(4)) for i in range(3)]
+        three = [infer(i, range(3)) for i in range(3, 6)]
     for frame in all_four:
         assert len({r.predicted for r in frame}) == 1 and all(r.status == "ok" for r in frame)
     for frame in three:
@@ -182,56 +177,19 @@ def test_metrics_and_health_over_http(tiny_ddnn, hub):
 def test_three_tiers_answer_at_the_cloud_when_nothing_earlier_is_confident(
     tiny_3tier, hub, tmp_path
 ):
-    from concurrent.futures import ThreadPoolExecutor
-
     model = load_model(tiny_3tier)
     model.spec = model.spec.with_thresholds({"device": 0.0, "edge": 0.0})
-    run = save_model(model, tmp_path / "m")
-    spec = read_spec(run)
-    server = InferenceServer(hub(), ModelDB([run]), workers=1)
-    edge = EdgeAggregator(hub(), run, frame_deadline_ms=2000)
-    devices = [DeviceClient(hub(), run, f"dev{i}", i, deadline_ms=5000) for i in range(4)]
-    x, _ = samples(2)
-    try:
-        with ThreadPoolExecutor(4) as pool:
-            frame = list(
-                pool.map(
-                    lambda d: devices[d].infer(device_view(x[:1], spec, d)[0].numpy(), 0), range(4)
-                )
-            )
-    finally:
-        for d in devices:
-            d.close()
-        edge.close()
-        server.close()
+    with fused(save_model(model, tmp_path / "m"), hub, frame_deadline_ms=2000) as infer:
+        frame = infer(0, range(4))
     assert all(r.status == "ok" and r.exit_index == 2 and r.offloaded for r in frame)
     assert len({r.predicted for r in frame}) == 1
 
 
 def test_a_late_device_gets_its_frames_answer_at_once_and_catches_up(tiny_multiview, hub):
-    from concurrent.futures import ThreadPoolExecutor
-
-    spec = read_spec(tiny_multiview)
-    server = InferenceServer(hub(), ModelDB([tiny_multiview]), workers=1)
-    edge = EdgeAggregator(hub(), tiny_multiview, frame_deadline_ms=300)
-    devices = [
-        DeviceClient(hub(), tiny_multiview, f"dev{i}", i, deadline_ms=5000) for i in range(4)
-    ]
-    x, _ = samples(3)
-
-    def view(d: int, i: int):
-        return device_view(x[i : i + 1], spec, d)[0].numpy()
-
-    try:
-        with ThreadPoolExecutor(4) as pool:
-            early = list(pool.map(lambda d: devices[d].infer(view(d, 0), 0), range(3)))
-            late = devices[3].infer(view(3, 0), 0)  # frame 0 was answered without dev3
-            again = list(pool.map(lambda d: devices[d].infer(view(d, 1), 1), range(4)))
-    finally:
-        for d in devices:
-            d.close()
-        edge.close()
-        server.close()
+    with fused(tiny_multiview, hub, frame_deadline_ms=300) as infer:
+        early = infer(0, range(3))
+        late = infer(0, [3])[0]  # frame 0 was answered without dev3
+        again = infer(1, range(4))
     assert all(r.status == "degraded" and r.missing == ["dev3"] for r in early)
     assert late.status == "degraded" and late.predicted == early[0].predicted
     assert late.total_ms < 300  # answered from the frame's result, no new frame opened
