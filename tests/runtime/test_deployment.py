@@ -77,7 +77,8 @@ def test_device_plus_server_degrades_instead_of_losing(tiny_ddnn, broker):
     xs, _ = views(10, spec)
     transport = MqttTransport.from_url(broker.url)
     device = DeviceClient(transport, tiny_ddnn, "dev0", deadline_ms=200)
-    device.model.spec = device.model.spec.with_thresholds({"device": 0.0})  # everything goes up
+    engine_model = device.engine.model
+    engine_model.spec = engine_model.spec.with_thresholds({"device": 0.0})  # all go up
     try:
         records = [device.infer(x, i) for i, x in enumerate(xs)]
     finally:

@@ -27,7 +27,7 @@ from ddnn.runtime.wire import (
     encode_tensor,
     request_topic,
 )
-from ddnn.store.artifact import read_spec_doc
+from ddnn.store.artifact import read_spec, read_spec_doc
 
 log = logging.getLogger(__name__)
 
@@ -81,25 +81,19 @@ class DeviceClient:
         self.mode = mode
         self.device_id = device_id
         self.deadline_s = deadline_ms / 1000.0
-        has_device = doc["model"]["sections"][0]["tier"] == "device"
+        spec = read_spec(run_dir)
+        if not 0 <= device_index < spec.devices:
+            raise DdnnError(f"device index {device_index} out of range: model has {spec.devices}")
+        self.multi = spec.devices > 1
+        self.view_shape = spec.view_shape
+        # server-only mode, or a model without a device section, runs nothing on the device
         self.engine: DeviceEngine | None = None
-        if has_device and mode == "device+server":
+        if spec.device_section is not None and mode == "device+server":
             self.engine = (
                 engine
                 if isinstance(engine, DeviceEngine)
                 else create_engine(engine, run_dir, device_index)
             )
-            self.model = self.engine.model
-        else:
-            from ddnn.store.artifact import read_spec
-
-            self.model = None  # type: ignore[assignment]
-            self._spec = read_spec(run_dir)
-        spec = self.model.spec if self.model is not None else self._spec
-        if not 0 <= device_index < spec.devices:
-            raise DdnnError(f"device index {device_index} out of range: model has {spec.devices}")
-        self.multi = spec.devices > 1
-        self.view_shape = spec.view_shape
         self.requester = Requester(transport, device_id)
 
     def close(self) -> None:
@@ -122,9 +116,10 @@ class DeviceClient:
         return rec
 
     def _device_first(self, view: np.ndarray, frame_id: int, t0: float) -> Record:
-        assert self.engine is not None and self.model is not None
+        assert self.engine is not None
         logits, feats = self.engine.run(view[None])  # [1, C_exit], packed [1, n] or [1, ...]
-        local = decide(self.model, 0, logits)[0]
+        model = self.engine.model
+        local = decide(model, 0, logits)[0]
         device_ms = (time.perf_counter() - t0) * 1000
         if not self.multi and local.confident:
             return Record(
@@ -132,7 +127,7 @@ class DeviceClient:
                 device_ms, 0.0, 0.0, device_ms,
             )  # fmt: skip
         shape = (1, *self.engine.feature_shape)  # one device row: the edge or server fuses
-        if self.model.spec.sections[1].input == "raw":  # Big-Little: the big net sees the input
+        if model.spec.sections[1].input == "raw":  # Big-Little: the big net sees the input
             x = encode_tensor(view[None], Encoding.UNIT8, name="x")  # [1, C, h, w]
         elif self.engine.binary_features:
             x = Tensor("x", Encoding.BITS, shape, feats[0].tobytes())
