@@ -184,8 +184,8 @@ COMMANDS: Sequence[Callable[[Any], None]] = (_add_train, _add_evaluate, _add_inf
 # module.register_bench(bench_sub) for `ddnn bench ...`; imported lazily so a command's heavy
 # dependencies load only when it runs.
 AREAS: Sequence[str] = (
-    "ddnn.runtime.commands",
-    "ddnn.export.commands",
+    "ddnn.runtime.cli",
+    "ddnn.export.cli",
     "ddnn.distributed.commands",
 )
 

@@ -14,7 +14,7 @@ from .conftest import HAS_CC
 
 @pytest.fixture(autouse=True)
 def export_area(monkeypatch):
-    monkeypatch.setattr(ddnn.cli, "AREAS", ("ddnn.export.commands",))
+    monkeypatch.setattr(ddnn.cli, "AREAS", ("ddnn.export.cli",))
 
 
 @pytest.mark.integration

@@ -2,7 +2,7 @@
 a Makefile), ONNX files per section, device engines (torch, onnx, c) behind one interface, and
 verification of the generated code against PyTorch.
 
-Attributes load lazily, so `ddnn.export.commands` (imported by the CLI for every command) stays
+Attributes load lazily, so `ddnn.export.cli` (imported by the CLI for every command) stays
 cheap; `from ddnn.export import export_c` works as usual.
 """
 
