@@ -31,7 +31,7 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--out", help="run folder (default: runs/<preset>)")
     p.add_argument("--from", dest="init_from", help="fine-tune this stored model: new version")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
-    from ddnn.distributed.commands import add_train_arguments
+    from ddnn.distributed.cli import add_train_arguments
 
     add_train_arguments(p)
     p.set_defaults(handler=cmd_train)
@@ -53,7 +53,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         }  # fmt: skip
         exp = load_experiment(args.config or _stored_config(args.init_from), **overrides)
         run_dir = Path(args.out or f"runs/{exp.model.name}")
-    from ddnn.distributed.commands import is_distributed, train_distributed
+    from ddnn.distributed.cli import is_distributed, train_distributed
 
     if is_distributed(args):
         distributed = train_distributed(args, exp, run_dir)
@@ -186,7 +186,7 @@ COMMANDS: Sequence[Callable[[Any], None]] = (_add_train, _add_evaluate, _add_inf
 AREAS: Sequence[str] = (
     "ddnn.runtime.cli",
     "ddnn.export.cli",
-    "ddnn.distributed.commands",
+    "ddnn.distributed.cli",
 )
 
 

@@ -3,7 +3,7 @@ Lee and Kim trained LeNet-5 across Raspberry Pis: all-reduce (DDP) or a paramete
 emulated device cluster (network namespaces, rate-limited links, CPU quotas) to measure it.
 
 Public entry points: `DistConfig`, `run_rank`, `launch_local`, `EmulatedCluster`, and the CLI
-glue in `ddnn.distributed.commands`.
+glue in `ddnn.distributed.cli`.
 """
 
 from ddnn.distributed.config import DistConfig

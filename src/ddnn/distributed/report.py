@@ -62,7 +62,7 @@ def plot_summaries(rows: list[dict[str, Any]], path: str | Path, title: str) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [r["run"].replace("-", "\n", 1) for r in rows]
+    labels = [r["run"].replace("-", "\n") for r in rows]
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4.5))
     xs = range(len(rows))
     ax1.bar(xs, [r["compute_ms"] for r in rows], label="compute")
