@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -26,6 +27,22 @@ def views(n: int, spec, index: int = 0):
     test = create_dataset("synthetic").test.head(n)
     x = test.images.float().div(255)
     return [device_view(x[i : i + 1], spec, index)[0].numpy() for i in range(n)], test.labels
+
+
+def report_together(url: str, run, frame: int, devices: list[int]) -> list:
+    """The given devices of a multi-device model, each its own MQTT client, report `frame`
+    at the same time; returns their records."""
+    spec = read_spec(run)
+    transports = [MqttTransport.from_url(url) for _ in devices]
+    clients = [DeviceClient(t, run, f"dev{d}", d) for t, d in zip(transports, devices, strict=True)]
+    try:
+        with ThreadPoolExecutor(len(devices)) as pool:
+            jobs = zip(clients, devices, strict=True)
+            return list(pool.map(lambda c: c[0].infer(views(1, spec, c[1])[0][0], frame), jobs))
+    finally:
+        for c, t in zip(clients, transports, strict=True):
+            c.close()
+            t.close()
 
 
 def test_full_run_on_a_tiny_model(tiny_ddnn, tmp_path):
@@ -88,27 +105,17 @@ def test_device_plus_server_degrades_instead_of_losing(tiny_ddnn, broker):
 
 
 def test_missing_multiview_device_is_answered_after_the_deadline(tiny_multiview, broker, tmp_path):
-    spec = read_spec(tiny_multiview)
     server = Process(
         "server", ["serve", str(tiny_multiview), "--broker", broker.url], tmp_path, True
     )
-    transports = [MqttTransport.from_url(broker.url) for _ in range(4)]
-    edge = EdgeAggregator(transports[3], tiny_multiview, frame_deadline_ms=150)
-    devices = [DeviceClient(transports[i], tiny_multiview, f"dev{i}", i) for i in range(3)]
+    edge_transport = MqttTransport.from_url(broker.url)
+    edge = EdgeAggregator(edge_transport, tiny_multiview, frame_deadline_ms=150)
     try:
         server.wait_ready()
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(3) as pool:
-            records = list(
-                pool.map(lambda i: devices[i].infer(views(1, spec, i)[0][0], 7), range(3))
-            )
+        records = report_together(broker.url, tiny_multiview, 7, [0, 1, 2])
     finally:
-        for d in devices:
-            d.close()
         edge.close()
-        for t in transports:
-            t.close()
+        edge_transport.close()
         server.stop()
     assert all(r.status == "degraded" and r.missing == ["dev3"] for r in records)
     assert max(r.total_ms for r in records) >= 150  # the first to report waited the deadline
@@ -116,7 +123,6 @@ def test_missing_multiview_device_is_answered_after_the_deadline(tiny_multiview,
 
 
 def test_garbage_on_every_topic_and_the_tiers_keep_serving(tiny_multiview, broker, tmp_path):
-    spec = read_spec(tiny_multiview)
     tiers = [
         Process("server", ["serve", str(tiny_multiview), "--broker", broker.url], tmp_path, True),
         Process("edge", ["edge", str(tiny_multiview), "--broker", broker.url], tmp_path, True),
@@ -136,20 +142,7 @@ def test_garbage_on_every_topic_and_the_tiers_keep_serving(tiny_multiview, broke
             for n in (0, 1, 5, 60, 400):
                 spy.publish(topic, os.urandom(n) if n else b"")
             spy.publish(topic, b"DN\x01\x01" + bytes(rng.randrange(256) for _ in range(40)))
-        transports = [MqttTransport.from_url(broker.url) for _ in range(4)]
-        devices = [DeviceClient(transports[i], tiny_multiview, f"dev{i}", i) for i in range(4)]
-        from concurrent.futures import ThreadPoolExecutor
-
-        try:
-            with ThreadPoolExecutor(4) as pool:
-                records = list(
-                    pool.map(lambda i: devices[i].infer(views(1, spec, i)[0][0], 3), range(4))
-                )
-        finally:
-            for d in devices:
-                d.close()
-            for t in transports:
-                t.close()
+        records = report_together(broker.url, tiny_multiview, 3, [0, 1, 2, 3])
         assert all(t.proc.poll() is None for t in tiers), "a tier died on garbage"
     finally:
         spy.close()
