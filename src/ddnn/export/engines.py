@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
-import math
 import os
 import tempfile
 from abc import ABC, abstractmethod
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 
 from ddnn.errors import DdnnError
-from ddnn.evaluate.communication import payload_bytes
+from ddnn.evaluate.communication import binary_output, payload_bytes
 from ddnn.evaluate.policy import OTHER, confident, exit_predictions
 from ddnn.evaluate.runner import class_map
 from ddnn.export.bits import pack_features
@@ -59,7 +58,7 @@ class DeviceEngine(ABC):
         self.section: Section = check_device(self.model, device)
         self.view_shape = tuple(self.model.spec.view_shape)
         self.feature_shape = tuple(self.section.out_shape)
-        self.binary_features = payload_bytes(self.section) < 4 * math.prod(self.feature_shape)
+        self.binary_features = binary_output(self.section)
         dev = self.model.spec.device_section
         self.exit = dev.exit if dev is not None else None
         self.num_logits = self.model.spec.exit_num_classes(dev) if self.exit and dev else 0
@@ -193,11 +192,7 @@ class CEngine(DeviceEngine):
         if self.lib.ddnn_device_model().decode() != ident:
             raise DdnnError(f"{folder / LIBRARY} is not built from {ident}: delete {folder}")
         self.path = folder
-        self.feature_bytes = (
-            math.ceil(math.prod(self.feature_shape) / 8)
-            if self.binary_features
-            else 4 * math.prod(self.feature_shape)
-        )
+        self.feature_bytes = payload_bytes(self.section)
 
     def _run(self, view: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = len(view)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ddnn.errors import DdnnError
-from ddnn.evaluate.communication import payload_bytes
+from ddnn.evaluate.communication import binary_output
 from ddnn.model.hierarchy import HierarchicalModel, Section
 from ddnn.nn.binary import BinaryConv2d, BinaryLinear, BinarySign
 
@@ -299,7 +299,7 @@ def lower_section(section: Section, mean: float, std: float) -> Lowered:
     for i, mods in enumerate(_blocks(section.body)):
         low.block(mods, f"{section.spec.name} block {i}")
     low.flush_pad()
-    binary = payload_bytes(section) < 4 * math.prod(section.out_shape)
+    binary = binary_output(section)
     if low.kind == "bits" and not binary:  # ends in a pool or dropout after the sign
         low.add(Unpack(low.shape, low.shape, "bits", "float"))
     if math.prod(low.shape) != math.prod(section.out_shape):  # pragma: no cover

@@ -10,7 +10,6 @@ not report in time is left out and the reply names it.
 from __future__ import annotations
 
 import logging
-import math
 import queue
 import threading
 import time
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 
 from ddnn.errors import DdnnError
-from ddnn.evaluate.communication import payload_bytes
+from ddnn.evaluate.communication import binary_output
 from ddnn.runtime.client import Requester
 from ddnn.runtime.device import EDGE_PREFIX
 from ddnn.runtime.executor import Answer, SectionExecutor, decide
@@ -86,8 +85,7 @@ class EdgeAggregator:
                 "the server directly, no edge is needed"
             )
         self.executor = SectionExecutor(self.model)
-        first = self.model.devices[0]
-        self.binary_features = payload_bytes(first) < 4 * math.prod(first.out_shape)
+        self.binary_features = binary_output(self.model.devices[0])  # type: ignore[arg-type]
         self.device_ids = device_ids or [f"dev{i}" for i in range(self.spec.devices)]
         if len(self.device_ids) != self.spec.devices:
             raise DdnnError(f"{len(self.device_ids)} device ids for {self.spec.devices} devices")
