@@ -5,14 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ddnn.errors import DdnnError
+
+if TYPE_CHECKING:
+    from ddnn.runtime.transport import Transport
 
 
 @contextmanager
@@ -26,6 +30,24 @@ def _broker_url(url: str | None) -> Iterator[str]:
     with MosquittoBroker() as broker:
         print(f"started Mosquitto for this command at {broker.url}", flush=True)
         yield broker.url
+
+
+@contextmanager
+def _connect(args: argparse.Namespace) -> Iterator[tuple[str, Transport]]:
+    """A transport to the broker named by --auth (an access file) or --broker, or to one
+    started for this command's lifetime."""
+    from ddnn.runtime.transport import create_transport
+
+    if args.auth:
+        from ddnn.runtime.security import BrokerAccess
+
+        access = BrokerAccess.load(args.auth)
+        url = args.broker or access.url
+        with create_transport(url, **access.transport_kwargs()) as transport:
+            yield url, transport
+        return
+    with _broker_url(args.broker) as url, create_transport(url) as transport:
+        yield url, transport
 
 
 def _wait_for_signal(ready_file: str | None) -> None:
@@ -48,27 +70,57 @@ def _one_thread_per_worker() -> None:
     torch.set_num_threads(1)
 
 
-def _add_broker_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--broker", help="mqtt://host:port of a running broker (default: start one)")
+def _add_broker_option(p: argparse.ArgumentParser, auth: bool = True) -> None:
+    p.add_argument("--broker", help="mqtt[s]://host:port of a running broker (default: start one)")
+    if auth:
+        p.add_argument(
+            "--auth", metavar="FILE",
+            help="access file (URL, identity, password, CA) from `ddnn broker --secure`",
+        )  # fmt: skip
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
     from ddnn.runtime.broker import MosquittoBroker
 
-    with MosquittoBroker(port=args.port) as broker:
+    setup = None
+    if args.secure:
+        from ddnn.runtime.security import provision
+
+        devices = _device_ids(args.devices)
+        setup = provision(
+            args.secure, devices, args.servers.split(","), args.edges.split(","),
+            tls=not args.no_tls, hostnames=[args.host],
+            cert_file=args.cert, key_file=args.key, ca_file=args.ca,
+        )  # fmt: skip
+    elif args.cert or args.key or args.ca or args.no_tls:
+        raise DdnnError("--cert, --key, --ca and --no-tls only apply with --secure DIR")
+    with MosquittoBroker(port=args.port, security=setup, host=args.host) as broker:
         print(f"Mosquitto listening at {broker.url} (Ctrl-C stops it)", flush=True)
+        if setup is not None:
+            print(
+                f"passwords, ACL and TLS in {setup.folder}; give each process its own access "
+                f"file: --auth {setup.folder / 'access'}/<identity>.json "
+                f"({', '.join(sorted(setup.identities))})",
+                flush=True,
+            )
         _wait_for_signal(args.ready_file)
     return 0
+
+
+def _device_ids(text: str) -> list[str]:
+    """`4` -> dev0..dev3; `cam1,cam2` -> those names."""
+    if text.isdigit():
+        return [f"dev{i}" for i in range(int(text))]
+    return [d for d in text.split(",") if d]
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     _one_thread_per_worker()
     from ddnn.runtime.metrics import MetricsServer
     from ddnn.runtime.server import InferenceServer, ModelDB
-    from ddnn.runtime.transport import create_transport
 
     db = ModelDB(args.run_dirs)
-    with _broker_url(args.broker) as url, create_transport(url) as transport:
+    with _connect(args) as (url, transport):
         server = InferenceServer(
             transport, db, args.workers, args.max_batch, args.max_wait_ms, args.queue_limit
         )
@@ -90,13 +142,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_edge(args: argparse.Namespace) -> int:
     _one_thread_per_worker()
     from ddnn.runtime.edge import EdgeAggregator
-    from ddnn.runtime.transport import create_transport
 
     ids = args.devices.split(",") if args.devices else None
-    with _broker_url(args.broker) as url, create_transport(url) as transport:
+    with _connect(args) as (url, transport):
         edge = EdgeAggregator(
-            transport, args.run_dir, ids, args.frame_deadline_ms, args.upstream_deadline_ms
-        )
+            transport, args.run_dir, ids, args.frame_deadline_ms, args.upstream_deadline_ms,
+            identity=args.id,
+        )  # fmt: skip
         print(f"edge for {edge.model_name} v{edge.version} on {url}: devices {edge.device_ids}")
         try:
             _wait_for_signal(args.ready_file)
@@ -144,26 +196,40 @@ def spec_dataset(run_dir: str) -> str:
     return str(name)
 
 
+def _start_together(ready_file: str | None, start_file: str | None, timeout: float = 300.0) -> None:
+    """Say this device is connected and loaded, then wait for the go: devices that fuse their
+    views must start streaming together, not one process start-up apart."""
+    if ready_file:
+        Path(ready_file).write_text("ready\n")
+    if not start_file:
+        return
+    deadline = time.monotonic() + timeout
+    while not Path(start_file).exists():
+        if time.monotonic() > deadline:
+            raise DdnnError(f"no start signal ({start_file}) within {timeout:.0f} s")
+        time.sleep(0.01)
+
+
 def cmd_device(args: argparse.Namespace) -> int:
     _one_thread_per_worker()
     from ddnn.runtime.device import DeviceClient
     from ddnn.runtime.report import summarize
-    from ddnn.runtime.transport import create_transport
     from ddnn.store.artifact import read_spec
 
     spec = read_spec(args.run_dir)
     records = []
     with (
         Path(args.records).open("w") if args.records else nullcontext() as out,
-        _broker_url(args.broker) as url,
-        create_transport(url) as transport,
+        _connect(args) as (_, transport),
     ):
         client = DeviceClient(
             transport, args.run_dir, args.id, args.index, args.mode, args.deadline_ms, args.engine
         )
         try:
+            inputs = list(_device_inputs(args, spec))
+            _start_together(args.ready_file, args.start_file)
             start = time.perf_counter()
-            for n, (frame_id, view, label) in enumerate(_device_inputs(args, spec)):
+            for n, (frame_id, view, label) in enumerate(inputs):
                 if args.rate > 0:  # paced: sample n leaves at start + n / rate
                     time.sleep(max(0.0, start + n / args.rate - time.perf_counter()))
                 rec = client.infer(view, frame_id, label).to_dict()
@@ -175,6 +241,13 @@ def cmd_device(args: argparse.Namespace) -> int:
                     print(json.dumps(rec), flush=True)
         finally:
             client.close()
+            refused = transport.stats.get("publishes_refused", 0)
+            if refused:
+                print(
+                    f"the broker refused {refused} publish(es) from {args.id}: this identity may "
+                    "not publish there (the device id must match the access file's username)",
+                    file=sys.stderr,
+                )
     if not args.images and not args.records:
         print(json.dumps(summarize(records), indent=2))
     return 0
@@ -188,7 +261,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = args.out or str(Path(args.run_dir) / "deployment")
     report = run_deployment(
         args.run_dir, out, args.devices, args.samples, args.rate, modes, args.workers,
-        args.broker, args.engine, args.deadline_ms,
+        args.broker, args.engine, args.deadline_ms, args.secure,
     )  # fmt: skip
     if args.json:
         print(json.dumps(report))
@@ -201,8 +274,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("broker", help="run Mosquitto on loopback with ddnn's settings")
+    p = sub.add_parser("broker", help="run Mosquitto with ddnn's settings (loopback by default)")
     p.add_argument("--port", type=int, help="default: a free port")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all)")
+    p.add_argument(
+        "--secure", metavar="DIR",
+        help="passwords, ACL and TLS: generated in DIR (kept across restarts), access files in "
+        "DIR/access/<identity>.json",
+    )  # fmt: skip
+    p.add_argument("--devices", default="4", help="with --secure: a count, or comma-separated ids")
+    p.add_argument("--servers", default="server", help="with --secure: server identities")
+    p.add_argument("--edges", default="edge", help="with --secure: edge identities")
+    p.add_argument("--no-tls", action="store_true", help="with --secure: passwords and ACL only")
+    p.add_argument("--cert", help="with --secure: your broker certificate (PEM) instead of ours")
+    p.add_argument("--key", help="with --secure: its private key")
+    p.add_argument("--ca", help="with --secure: the CA that signed it (given to clients)")
     p.add_argument("--ready-file", help=argparse.SUPPRESS)
     p.set_defaults(handler=cmd_broker)
 
@@ -224,6 +310,7 @@ def register(sub: Any) -> None:
     p.add_argument("run_dir")
     _add_broker_option(p)
     p.add_argument("--devices", help="comma-separated device ids (default dev0..devN-1)")
+    p.add_argument("--id", default="edge", help="the edge's identity (its reply topic)")
     p.add_argument("--frame-deadline-ms", type=float, default=200.0)
     p.add_argument("--upstream-deadline-ms", type=float, default=2000.0)
     p.add_argument("--ready-file", help=argparse.SUPPRESS)
@@ -245,6 +332,8 @@ def register(sub: Any) -> None:
     p.add_argument("--stride", type=int, default=1)
     p.add_argument("--rate", type=float, default=0.0, help="samples per second (0: back to back)")
     p.add_argument("--records", help="write one JSON line per sample here")
+    p.add_argument("--ready-file", help=argparse.SUPPRESS)
+    p.add_argument("--start-file", help=argparse.SUPPRESS)
     p.set_defaults(handler=cmd_device)
 
     p = sub.add_parser("run", help="broker + server + edge + N devices on this machine, report")
@@ -254,9 +343,13 @@ def register(sub: Any) -> None:
     p.add_argument("--rate", type=float, default=0.0, help="samples per second per device")
     p.add_argument("--mode", default="both", choices=("device+server", "server-only", "both"))
     p.add_argument("--workers", type=int, default=2)
-    _add_broker_option(p)
+    _add_broker_option(p, auth=False)
     p.add_argument("--engine", default="torch")
     p.add_argument("--deadline-ms", type=float, default=2000.0)
+    p.add_argument(
+        "--secure", action="store_true",
+        help="its own broker with passwords, ACL and TLS; each process its own identity",
+    )  # fmt: skip
     p.add_argument("--out", help="report folder (default RUN_DIR/deployment)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_run)

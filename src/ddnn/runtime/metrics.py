@@ -23,6 +23,7 @@ class Metrics:
         self._counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         self._hists: dict[str, tuple[list[int], list[float]]] = {}  # name -> (counts, [sum, n])
         self._help: dict[str, str] = {}
+        self._sources: list[tuple[str, Callable[[], dict[str, int]]]] = []
 
     def inc(self, name: str, help_text: str = "", value: float = 1.0, **labels: str) -> None:
         key = (name, tuple(sorted(labels.items())))
@@ -40,6 +41,11 @@ class Metrics:
             total[1] += 1
             self._help.setdefault(name, help_text)
 
+    def add_source(self, group: str, read: Callable[[], dict[str, int]]) -> None:
+        """Counters kept elsewhere (e.g. a transport's `stats`), read at every scrape and shown
+        as `<prefix>_<group>_<name>_total`."""
+        self._sources.append((group, read))
+
     def counter(self, name: str, **labels: str) -> float:
         with self._lock:
             return self._counters.get((name, tuple(sorted(labels.items()))), 0.0)
@@ -47,6 +53,10 @@ class Metrics:
     def render(self) -> str:
         """Prometheus exposition format 0.0.4."""
         lines: list[str] = []
+        for group, read in self._sources:
+            for name, value in sorted(read().items()):
+                full = f"{self.prefix}_{group}_{name}_total"
+                lines += [f"# TYPE {full} counter", f"{full} {value:g}"]
         with self._lock:
             for name in sorted({n for n, _ in self._counters}):
                 full = f"{self.prefix}_{name}"

@@ -17,6 +17,7 @@ import socket
 import ssl
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, Self
 
@@ -43,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 QOS = 1
 _HINT = "start one with `ddnn broker`, or pass --broker mqtt://host:port"
+STATS = ("connects", "connection_losses", "publishes_refused", "subscriptions_refused")
+_RECENT = 1024  # publishes remembered to name the topic of a refused one
 
 
 def _set_nodelay(client: paho.Client, userdata: Any, sock: Any) -> None:
@@ -89,7 +92,7 @@ class MqttTransport(Transport):
         reconnect_delay: tuple[float, float] = (0.25, 8.0),
         max_queued_messages: int = 1000,
     ) -> None:
-        self.url = f"mqtt://{host}:{port}"
+        self.url = f"{'mqtts' if tls else 'mqtt'}://{host}:{port}"
         self._configured_max = max_packet_size
         self._broker_max: int | None = None
         self._timeout = connect_timeout
@@ -106,8 +109,11 @@ class MqttTransport(Transport):
         self._connected = threading.Event()
         self._refused: str | None = None
         self._net_thread: threading.Thread | None = None
+        self._stats = dict.fromkeys(STATS, 0)
+        self._recent: OrderedDict[int, str] = OrderedDict()  # mid -> topic, to name refusals
 
         self.client_id = client_id or f"ddnn-{uuid.uuid4().hex[:12]}"
+        self._username = username
         self._client = self._make_client(username, password, tls)
         self._client.connect_timeout = connect_timeout
         self._client.reconnect_delay_set(*reconnect_delay)  # type: ignore[arg-type]
@@ -116,8 +122,13 @@ class MqttTransport(Transport):
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Self:
-        """`mqtt://host[:port]`; credentials and TLS go in keyword arguments."""
+        """`mqtt://host[:port]`, or `mqtts://` for TLS (system CAs unless `tls=` says
+        otherwise); credentials go in keyword arguments."""
         host, port = parse_broker_url(url)
+        if url.startswith("mqtts://"):
+            kwargs["tls"] = kwargs.get("tls") or True
+        elif kwargs.get("tls"):
+            raise DdnnError(f"{url}: TLS settings were given for a plain mqtt:// URL; use mqtts://")
         return cls(host, port, **kwargs)
 
     def _make_client(
@@ -137,6 +148,7 @@ class MqttTransport(Transport):
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
+        client.on_publish = self._on_publish
         if password is not None and username is None:
             raise DdnnError("a password was given without a username; pass username= too")
         if username is not None:
@@ -149,8 +161,14 @@ class MqttTransport(Transport):
         try:
             self._client.connect(host, port, keepalive)
         except (OSError, ValueError) as exc:
+            hint = (
+                "the broker's certificate is not trusted or does not name this host: give its "
+                "CA (ca_file in the access file, or tls={'ca_certs': ...})"
+                if isinstance(exc, ssl.SSLError)
+                else _HINT
+            )
             raise DdnnError(
-                f"cannot connect to the MQTT broker at {self.url}: {exc}; {_HINT}"
+                f"cannot connect to the MQTT broker at {self.url}: {exc}; {hint}"
             ) from None
         self._client.loop_start()
         if self._connack.wait(self._timeout) and self._refused is None:
@@ -161,7 +179,7 @@ class MqttTransport(Transport):
         if refused is None:
             raise DdnnError(
                 f"no CONNACK within {self._timeout:.1f} s from {self.url}: is it an MQTT 5 "
-                f"broker? {_HINT}"
+                f"broker, and does it need TLS (mqtts://)? {_HINT}"
             )
         auth = any(word in refused.lower() for word in ("authori", "password"))
         hint = "; check username= and password=" if auth else ""
@@ -176,11 +194,19 @@ class MqttTransport(Transport):
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters since creation: connects, connection losses, and what the broker refused
+        (an ACL denial shows up here and in the log, never silently)."""
+        return dict(self._stats)
+
     def publish(self, topic: str, payload: bytes) -> None:
         self._check_open()
         check_publish(topic, payload, self.max_packet_size)
         data = bytes(payload) if isinstance(payload, memoryview) else payload
-        rc = self._client.publish(topic, data, qos=QOS).rc
+        info = self._client.publish(topic, data, qos=QOS)
+        rc = info.rc
+        self._remember(info.mid, topic)
         if rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
             logger.debug("not connected to %s: %r is queued until reconnect", self.url, topic)
         elif rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
@@ -241,6 +267,17 @@ class MqttTransport(Transport):
         if reset is not None:
             reset(sockpair_only=True)
 
+    def _remember(self, mid: int, topic: str) -> None:
+        """Keep the last few topics by packet id; only a refusal looks them up. No lock is held
+        around paho's publish: its network thread calls on_publish with paho's own lock held."""
+        recent = self._recent
+        recent[mid] = topic
+        while len(recent) > _RECENT:
+            try:
+                recent.popitem(last=False)
+            except KeyError:
+                break
+
     def _check_open(self) -> None:
         if self._closed:
             raise DdnnError(f"the transport to {self.url} is closed; create a new one")
@@ -278,6 +315,7 @@ class MqttTransport(Transport):
                 self._send_subscribe(topic_filter, sid)
             except Exception:  # an exception here would kill paho's network thread
                 logger.exception("could not resubscribe to %r", topic_filter)
+        self._stats["connects"] += 1
         if self._connack.is_set():
             logger.info("reconnected to %s; resubscribed %d filter(s)", self.url, len(subs))
         self._connected.set()
@@ -291,7 +329,10 @@ class MqttTransport(Transport):
         reason: ReasonCode,
         properties: Properties | None,
     ) -> None:
+        was_connected = self._connected.is_set()
         self._connected.clear()
+        if was_connected and not self._closed:
+            self._stats["connection_losses"] += 1
         if not self._closed:
             logger.warning("lost the connection to %s (%s); reconnecting", self.url, reason)
 
@@ -305,11 +346,30 @@ class MqttTransport(Transport):
     ) -> None:
         failed = [code for code in codes if code.is_failure]
         if failed:
+            self._stats["subscriptions_refused"] += 1
             logger.error("%s refused a subscription: %s", self.url, failed[0])
         with self._acks:
             if mid in self._waiting:
                 self._ack_codes[mid] = codes
                 self._acks.notify_all()
+
+    def _on_publish(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        """PUBACK: a failure code (e.g. 135 Not authorized from an ACL) must be visible."""
+        if not reason.is_failure:
+            return
+        self._stats["publishes_refused"] += 1
+        topic = self._recent.get(mid, "(unknown topic)")
+        logger.error(
+            "%s refused a publish on %r as %s: %s; the broker's ACL does not let this identity "
+            "publish there", self.url, topic, self._username or "anonymous", reason,
+        )  # fmt: skip
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         try:

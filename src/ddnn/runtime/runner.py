@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from ddnn.errors import DdnnError
 from ddnn.runtime.broker import MosquittoBroker
 from ddnn.runtime.processes import Process
 from ddnn.runtime.report import report_markdown, summarize
+from ddnn.runtime.security import provision
 from ddnn.store.artifact import read_spec, read_spec_doc
 
 log = logging.getLogger(__name__)
@@ -37,9 +39,11 @@ def run_deployment(
     broker: str | None = None,
     engine: str = "torch",
     deadline_ms: float = 2000.0,
+    secure: bool = False,
 ) -> dict[str, Any]:
     """Run every configuration in `modes` on one broker and server; returns the report, also
-    written to out_dir as report.json and report.md with the per-sample records beside it."""
+    written to out_dir as report.json and report.md with the per-sample records beside it.
+    `secure`: a broker of its own with passwords, ACL and TLS, each process its own identity."""
     spec, doc = read_spec(run_dir), read_spec_doc(run_dir)
     n = devices or spec.devices
     if spec.devices > 1 and n != spec.devices:
@@ -48,32 +52,42 @@ def run_deployment(
         )
     if spec.devices == 1 and spec.sections[1:] and spec.sections[1].tier == "edge" and n != 1:
         raise DdnnError(f"model {spec.name} has an edge for one device; run it with --devices 1")
+    if secure and broker:
+        raise DdnnError("--secure starts its own broker; drop --broker (or secure that broker)")
     out = Path(out_dir)
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     run = str(run_dir)
     report: dict[str, Any] = {
         "model": spec.name, "version": doc["version"], "devices": n, "samples_requested": samples,
-        "rate_per_device": rate, "engine": engine, "workers": workers, "configurations": {},
+        "rate_per_device": rate, "engine": engine, "workers": workers, "secure": secure,
+        "configurations": {},
     }  # fmt: skip
+    device_ids = [f"dev{k}" for k in range(n)]
     with ExitStack() as stack:
-        url = broker or stack.enter_context(MosquittoBroker()).url
-        tiers = [
-            Process(
-                "server", ["serve", run, "--broker", url, "--workers", str(workers)], logs, True
-            )
-        ]
+        setup = provision(out / "secure", device_ids) if secure else None
+        url = broker or stack.enter_context(MosquittoBroker(security=setup)).url
+
+        def connect(identity: str) -> list[str]:
+            """How a tier process reaches the broker: its own access file when secure."""
+            if setup is None:
+                return ["--broker", url]
+            return ["--auth", str(setup.access_file(identity))]
+
+        serve = ["serve", run, *connect("server"), "--workers", str(workers)]
+        tiers = [Process("server", serve, logs, True)]
         stack.callback(tiers[0].stop)
         if needs_edge(run_dir):
-            edge = Process("edge", ["edge", run, "--broker", url], logs, True)
+            edge = Process("edge", ["edge", run, *connect("edge")], logs, True)
             stack.callback(edge.stop)
             tiers.append(edge)
         for tier in tiers:
             tier.wait_ready()
         for mode in modes:
             records = _stream(
-                run, url, spec.devices, n, samples, rate, mode, engine, deadline_ms, logs
-            )
+                run, connect, spec.devices, device_ids, samples, rate, mode, engine, deadline_ms,
+                logs,
+            )  # fmt: skip
             (out / f"records-{mode}.jsonl").write_text(
                 "".join(json.dumps(r) + "\n" for r in records)
             )
@@ -85,24 +99,30 @@ def run_deployment(
 
 
 def _stream(
-    run: str, url: str, model_devices: int, n: int, samples: int, rate: float, mode: str,
-    engine: str, deadline_ms: float, logs: Path,
+    run: str, connect: Callable[[str], list[str]], model_devices: int, device_ids: list[str],
+    samples: int, rate: float, mode: str, engine: str, deadline_ms: float, logs: Path,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """One device process per device; a single-device model's N devices share the samples."""
-    procs = []
-    for k in range(n):
+    procs, n = [], len(device_ids)
+    start = logs / f"start-{mode}"
+    start.unlink(missing_ok=True)
+    for k, device in enumerate(device_ids):
         index, offset, stride = (k, 0, 1) if model_devices > 1 else (0, k, n)
-        rec_file = logs / f"records-{mode}-dev{k}.jsonl"
+        rec_file = logs / f"records-{mode}-{device}.jsonl"
         args = [
-            "device", run, "--id", f"dev{k}", "--index", str(index), "--broker", url,
+            "device", run, "--id", device, "--index", str(index), *connect(device),
             "--samples", str(samples), "--offset", str(offset), "--stride", str(stride),
             "--rate", str(rate), "--mode", mode, "--engine", engine,
             "--deadline-ms", str(deadline_ms), "--records", str(rec_file),
         ]  # fmt: skip
-        procs.append((Process(f"device-{mode}-dev{k}", args, logs), rec_file))
+        args += ["--start-file", str(start)]
+        procs.append((Process(f"device-{mode}-{device}", args, logs, ready=True), rec_file))
     budget = 60 + samples * (deadline_ms / 1000 + (1 / rate if rate else 0.05))
     records: list[dict[str, Any]] = []
     try:
+        for proc, _ in procs:  # all loaded and connected, then all go at once
+            proc.wait_ready()
+        start.write_text("go\n")
         for proc, rec_file in procs:
             proc.wait(timeout=budget)
             records += [json.loads(x) for x in rec_file.read_text().splitlines()]

@@ -225,6 +225,11 @@ class Transport(ABC):
         """Largest payload accepted on any topic of up to `TOPIC_BUDGET` bytes."""
         return max_payload_for(self.max_packet_size)
 
+    @property
+    def stats(self) -> dict[str, int]:
+        """Connection counters (connects, losses, refusals) where the transport has them."""
+        return {}
+
     @abstractmethod
     def publish(self, topic: str, payload: bytes) -> None:
         """Send without waiting; raises DdnnError for bad topics and oversize payloads."""
@@ -276,10 +281,12 @@ def _lazy(module: str, cls_name: str) -> TransportFactory:
 
 register_transport("memory", _lazy("ddnn.runtime.memory", "MemoryTransport"))
 register_transport("mqtt", _lazy("ddnn.runtime.mqtt", "MqttTransport"))
+register_transport("mqtts", _lazy("ddnn.runtime.mqtt", "MqttTransport"))
 
 
 def create_transport(url: str, **kwargs: Any) -> Transport:
-    """`memory://<name>` (in-process hub) or `mqtt://host:port` (a broker)."""
+    """`memory://<name>` (in-process hub), `mqtt://host:port` or `mqtts://host:port` (a
+    broker, plain or TLS)."""
     scheme, sep, _ = url.partition("://") if isinstance(url, str) else ("", "", "")
     if not sep or scheme not in _REGISTRY:
         valid = ", ".join(f"{s}://" for s in sorted(_REGISTRY))

@@ -118,7 +118,7 @@ def _uint(what: str, value: object, bits: int, low: int = 0) -> int:
     return _int(what, value, low, (1 << bits) - 1)
 
 
-def _check_id(what: str, value: object) -> None:
+def check_identifier(what: str, value: object) -> None:
     """Model names and device ids appear in topics, so they use a topic-safe alphabet."""
     if not isinstance(value, str) or not _ID.fullmatch(value):
         raise FrameError(
@@ -306,9 +306,9 @@ class Request:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "request_id", _uint("request_id", self.request_id, 64, low=1))
-        _check_id("model", self.model)
+        check_identifier("model", self.model)
         object.__setattr__(self, "model_version", _uint("model_version", self.model_version, 16))
-        _check_id("device_id", self.device_id)
+        check_identifier("device_id", self.device_id)
         object.__setattr__(self, "frame_id", _uint("frame_id", self.frame_id, 64))
         object.__setattr__(self, "section", _uint("section", self.section, 8))
         object.__setattr__(self, "tensors", _tuple_of("tensors", self.tensors, Tensor, 1))
@@ -338,7 +338,7 @@ class Reply:
             object.__setattr__(self, name, _f32(name, getattr(self, name)))
         missing = _tuple_of("missing_devices", self.missing_devices, str, 0)
         for device in missing:
-            _check_id("missing device id", device)
+            check_identifier("missing device id", device)
         object.__setattr__(self, "missing_devices", missing)
         object.__setattr__(self, "tensors", _tuple_of("tensors", self.tensors, Tensor, 0))
 
@@ -546,16 +546,16 @@ def _check_prefix(prefix: str) -> None:
 def request_topic(model: str, section: int, device_id: str, *, prefix: str = TOPIC_PREFIX) -> str:
     """Where `device_id` publishes requests for `section` of `model`."""
     _check_prefix(prefix)
-    _check_id("model", model)
+    check_identifier("model", model)
     section = _uint("section", section, 8)
-    _check_id("device_id", device_id)
+    check_identifier("device_id", device_id)
     return f"{prefix}/q/{model}/{section}/{device_id}"
 
 
 def reply_topic(device_id: str, *, prefix: str = TOPIC_PREFIX) -> str:
     """Where replies and errors for `device_id` are published."""
     _check_prefix(prefix)
-    _check_id("device_id", device_id)
+    check_identifier("device_id", device_id)
     return f"{prefix}/a/{device_id}"
 
 
@@ -568,7 +568,7 @@ def request_filter(
     topic_filter = topic[: -len("x")] + "+"
     if group is None:
         return topic_filter
-    _check_id("group", group)
+    check_identifier("group", group)
     return f"$share/{group}/{topic_filter}"
 
 
@@ -580,6 +580,6 @@ def parse_request_topic(topic: str, *, prefix: str = TOPIC_PREFIX) -> tuple[str,
     if len(parts) != 3 or not re.fullmatch(r"[0-9]{1,3}", parts[1]):
         raise DdnnError(f"{topic!r} is not a request topic ({head}<model>/<section>/<device>)")
     model, section, device_id = parts[0], _uint("section", int(parts[1]), 8), parts[2]
-    _check_id("model", model)
-    _check_id("device_id", device_id)
+    check_identifier("model", model)
+    check_identifier("device_id", device_id)
     return model, section, device_id

@@ -1,0 +1,178 @@
+"""The secure broker: passwords per identity, an ACL that keeps a device to its own topics, TLS;
+and the access files the tiers connect with."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+
+import numpy as np
+import pytest
+
+from ddnn.errors import DdnnError
+from ddnn.runtime.broker import MosquittoBroker, find_mosquitto, parse_broker_url
+from ddnn.runtime.client import Requester
+from ddnn.runtime.device import EDGE_PREFIX, DeviceClient
+from ddnn.runtime.security import EDGE_TOPIC_PREFIX, BrokerAccess, acl_text, provision
+from ddnn.runtime.server import InferenceServer, ModelDB
+from ddnn.runtime.transport import create_transport
+from ddnn.runtime.wire import (
+    Encoding,
+    Reply,
+    Request,
+    encode_frame,
+    encode_tensor,
+    reply_topic,
+    request_topic,
+)
+from ddnn.store.artifact import read_spec, read_spec_doc
+
+
+@pytest.fixture
+def secure_broker(tmp_path):
+    try:
+        find_mosquitto()
+    except DdnnError as exc:
+        pytest.skip(str(exc))
+    setup = provision(tmp_path / "secure", ["dev0", "dev1"])
+    with MosquittoBroker(security=setup) as broker:
+        yield broker, setup
+
+
+def connect(setup, identity: str):
+    access = setup.access(identity)
+    return create_transport(access.url, **access.transport_kwargs())
+
+
+def raw_request(run, device: str, rid: int) -> tuple[str, Request]:
+    """A server-only request (the raw view) as `device` would send it: (topic, request)."""
+    spec, doc = read_spec(run), read_spec_doc(run)
+    view = np.zeros((1, *spec.view_shape), np.float32)  # [1, C, h, w]
+    x = encode_tensor(view, Encoding.UNIT8, name="x")
+    req = Request(rid, str(doc["name"]), int(doc["version"]), device, rid, 0, (x,))
+    return request_topic(req.model, 0, device), req
+
+
+def test_acl_keeps_each_identity_to_its_topics():
+    assert EDGE_TOPIC_PREFIX == EDGE_PREFIX
+    text = acl_text(["server"], ["edge"])
+    assert "pattern write dd/q/+/+/%u" in text and "pattern read dd/a/%u" in text
+    server_part = text.split("user server")[1].split("user edge")[0]
+    assert "topic read dd/q/#" in server_part and "topic write dd/a/#" in server_part
+    assert "topic read dd/e/q/#" in text.split("user edge")[1]
+    assert "$SYS" not in text and "topic readwrite" not in text
+
+
+def test_access_files_are_private_and_checked(tmp_path):
+    path = tmp_path / "a" / "dev0.json"
+    BrokerAccess("mqtts://127.0.0.1:8883", "dev0", "pw", "ca.crt").save(path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    loaded = BrokerAccess.load(path)
+    assert loaded.ca_file == str(tmp_path / "a" / "ca.crt")  # relative to the file
+    assert loaded.transport_kwargs()["tls"] == {"ca_certs": loaded.ca_file}
+    with pytest.raises(DdnnError, match="ddnn broker --secure"):
+        BrokerAccess.load(tmp_path / "missing.json")
+    path.write_text(json.dumps({"url": "mqtt://h:1", "pasword": "typo"}))
+    with pytest.raises(DdnnError, match="must be a JSON object"):
+        BrokerAccess.load(path)
+    with pytest.raises(DdnnError, match="not mqtts"):
+        BrokerAccess("mqtt://h:1", "d", "p", "ca.crt").transport_kwargs()
+    assert parse_broker_url("mqtts://broker.local") == ("broker.local", 8883)
+
+
+def test_reprovisioning_keeps_passwords_and_the_ca(tmp_path):
+    if not find_mosquitto():
+        pytest.skip("no mosquitto")
+    first = provision(tmp_path / "s", ["dev0"])
+    ca = first.ca_file.read_bytes()
+    second = provision(tmp_path / "s", ["dev0", "dev1"])
+    assert second.identities["dev0"] == first.identities["dev0"]
+    assert "dev1" in second.identities and second.ca_file.read_bytes() == ca
+    assert "dev0:$7$" in second.password_file.read_text()  # hashed, never plain
+    assert first.identities["dev0"][1] not in second.password_file.read_text()
+    third = provision(tmp_path / "s", ["dev1"])
+    assert "dev0" not in third.identities
+
+
+def test_wrong_credentials_plain_tcp_and_unknown_ca_are_refused(secure_broker):
+    broker, setup = secure_broker
+    good = setup.access("dev0")
+    with pytest.raises(DdnnError, match=r"refused the connection.*check username"):
+        create_transport(
+            good.url, username="dev0", password="wrong", tls={"ca_certs": good.ca_file}
+        )
+    assert broker.refused_connections() == 1  # and mosquitto's log says so
+    with pytest.raises(DdnnError, match="certificate is not trusted"):
+        create_transport(good.url, username="dev0", password=good.password)  # system CAs only
+    with pytest.raises(DdnnError, match="does it need TLS"):
+        create_transport(good.url.replace("mqtts", "mqtt"), connect_timeout=1.0)
+
+
+def test_a_device_is_served_through_the_secure_broker(secure_broker, tiny_ddnn):
+    _, setup = secure_broker
+    with connect(setup, "server") as st, connect(setup, "dev0") as dt:
+        server = InferenceServer(st, ModelDB([tiny_ddnn]), workers=1)
+        client = DeviceClient(dt, tiny_ddnn, "dev0", mode="server-only", deadline_ms=5000)
+        try:
+            spec = read_spec(tiny_ddnn)
+            record = client.infer(np.zeros(spec.view_shape, np.float32), frame_id=1)
+        finally:
+            client.close()
+            server.close()
+        assert record.status == "ok" and record.offloaded and record.predicted >= 0
+        assert "ddnn_mqtt_connects_total 1" in server.metrics.render()
+
+
+def test_a_device_cannot_act_for_another_device(secure_broker, tiny_ddnn, caplog, make_inbox):
+    _, setup = secure_broker
+    with (
+        connect(setup, "server") as st,
+        connect(setup, "dev0") as d0,
+        connect(setup, "dev1") as d1,
+    ):
+        server = InferenceServer(st, ModelDB([tiny_ddnn]), workers=1)
+        spy, own = make_inbox(), make_inbox()
+        d0.subscribe(reply_topic("dev1"), spy)  # granted, but the broker delivers nothing
+        d0.subscribe("dd/#", spy)
+        requester = Requester(d1, "dev1")
+        try:
+            with caplog.at_level(logging.ERROR, logger="ddnn.runtime.mqtt"):
+                topic, forged = raw_request(tiny_ddnn, "dev1", 7)
+                d0.publish(topic, encode_frame(forged))  # a request in dev1's name
+                d0.publish(reply_topic("dev1"), b"forged reply")
+                d1.subscribe("dd/a/dev1/#", own)
+                # dev1's own request is answered, and only dev1 sees the answer
+                topic, request = raw_request(tiny_ddnn, "dev1", 8)
+                pending, _ = requester.send(topic, request)
+                answer = requester.wait(8, pending, 5.0)
+            assert isinstance(answer, Reply) and answer.request_id == 8
+            spy.assert_empty(0.3)
+            own.get(1.0)  # dev1 got its reply (and no forged one before it)
+            own.assert_empty(0.1)
+            assert d0.stats["publishes_refused"] == 2
+            refusals = [r.getMessage() for r in caplog.records if "refused a publish" in r.message]
+            assert any("dd/q/" in m and "dev1" in m and "as dev0" in m for m in refusals)
+            assert server.metrics.counter("requests_received_total") == 1  # only dev1's own
+        finally:
+            requester.close()
+            server.close()
+
+
+def test_secure_deployment_with_an_edge(tiny_multiview, tmp_path):
+    from ddnn.runtime.runner import run_deployment
+
+    report = run_deployment(
+        tiny_multiview, tmp_path / "out", samples=12, modes=("device+server",), secure=True
+    )
+    c = report["configurations"]["device+server"]
+    assert report["secure"] and c["samples"] == 12
+    assert c["lost"] == 0
+    out = tmp_path / "out"
+    records = [json.loads(x) for x in (out / "records-device+server.jsonl").read_text().splitlines()]
+    # the edge and the server answered through the ACL (not only the devices' local fallback)
+    assert any(r["status"] == "ok" and r["offloaded"] for r in records)
+    assert not [p.name for p in (out / "logs").glob("*.log") if "refused" in p.read_text()]
+    access = json.loads((out / "secure" / "access" / "dev0.json").read_text())
+    assert access["url"].startswith("mqtts://") and access["username"] == "dev0"
