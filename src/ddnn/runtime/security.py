@@ -141,10 +141,17 @@ class SecureSetup:
         return sorted(n for n, (r, _) in self.identities.items() if r == role)
 
     def write_access_files(self, url: str) -> None:
-        """One access file per identity, pointing at the running broker."""
+        """One access file per identity, pointing at the running broker, with the CA beside
+        them: copying `access/<name>.json` and `access/ca.crt` to a device is all it needs."""
+        folder = self.folder / "access"
+        folder.mkdir(parents=True, exist_ok=True)
+        ca = None
+        if self.tls and self.ca_file is not None:
+            ca = "ca.crt"
+            if self.ca_file.resolve() != (folder / ca).resolve():
+                shutil.copyfile(self.ca_file, folder / ca)
         for name, (_, password) in self.identities.items():
-            ca = os.path.relpath(self.ca_file, self.folder / "access") if self.ca_file else None
-            BrokerAccess(url, name, password, ca if self.tls else None).save(self.access_file(name))
+            BrokerAccess(url, name, password, ca).save(self.access_file(name))
 
     def access(self, name: str) -> BrokerAccess:
         return BrokerAccess.load(self.access_file(name))
@@ -180,7 +187,7 @@ def provision(
     for name, role in wanted.items():
         check_identifier("identity", name)
         setup.identities[name] = (role, known.get(name) or secrets.token_urlsafe(24))
-    for path in sorted((root / "access").glob("*.json")):  # identities no longer wanted
+    for path in sorted((root / "access").glob("*.json")):  # revoked: no longer wanted
         if path.stem not in wanted:
             path.unlink()
     _private_write(
