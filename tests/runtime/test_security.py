@@ -170,7 +170,9 @@ def test_secure_deployment_with_an_edge(tiny_multiview, tmp_path):
     assert report["secure"] and c["samples"] == 12
     assert c["lost"] == 0
     out = tmp_path / "out"
-    records = [json.loads(x) for x in (out / "records-device+server.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(x) for x in (out / "records-device+server.jsonl").read_text().splitlines()
+    ]
     # the edge and the server answered through the ACL (not only the devices' local fallback)
     assert any(r["status"] == "ok" and r["offloaded"] for r in records)
     assert not [p.name for p in (out / "logs").glob("*.log") if "refused" in p.read_text()]

@@ -42,6 +42,7 @@ class Requester:
         self._ids = count(secrets.randbits(40) + 1)  # random start: ids stay unique over restarts
         self._pending: dict[int, Pending] = {}
         self._lock = threading.Lock()
+        self.dropped_replies = 0  # late (past the deadline) or duplicate replies, never used
         transport.subscribe(reply_topic(identity), self._on_reply)
 
     def next_id(self) -> int:
@@ -82,11 +83,16 @@ class Requester:
             return
         with self._lock:
             pending = self._pending.get(frame.request_id)
+            # The first answer wins: a second one (a re-delivered request answered again, e.g.
+            # by another server) must not replace the answer the caller may already be using.
+            if pending is None or pending.done.is_set():
+                self.dropped_replies += 1
+                pending = None
+            else:
+                pending.answer, pending.received_at = frame, time.perf_counter()
+                pending.done.set()
         if pending is None:
             log.debug("%s: late or duplicate reply to %d dropped", self.identity, frame.request_id)
-            return
-        pending.answer, pending.received_at = frame, time.perf_counter()
-        pending.done.set()
 
     def close(self) -> None:
         self.transport.unsubscribe(reply_topic(self.identity))

@@ -67,6 +67,7 @@ class Process:
         """SIGTERM (the tiers shut down cleanly on it), then SIGKILL."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(signal.SIGCONT)  # a paused process would hold SIGTERM back
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -79,3 +80,15 @@ class Process:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        self._log.close()
+
+    def pause(self) -> None:
+        """SIGSTOP: the process is alive (its connections stay open) but does nothing, like a
+        server stuck in a long GC or swapped out; for fault tests. Always `resume()` it."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after `pause()`."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)

@@ -102,12 +102,13 @@ class InferenceServer:
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
         self.metrics = metrics or Metrics()
+        self.metrics.add_source("mqtt", lambda: transport.stats)
         self._queue: queue.Queue[_Item] = queue.Queue(maxsize=queue_limit)
         self._stop = threading.Event()
         self._seen: OrderedDict[tuple[str, int], None] = OrderedDict()  # duplicate filter
         self._seen_lock = threading.Lock()
         self._threads = [
-            threading.Thread(target=self._work, name=f"server-worker-{i}", daemon=True)
+            threading.Thread(target=self._supervise, name=f"server-worker-{i}", daemon=True)
             for i in range(workers)
         ]
         for t in self._threads:
@@ -137,6 +138,18 @@ class InferenceServer:
             self._error(topic, payload, Status.OVERLOADED, "server queue full: request shed")
 
     # -- workers -----------------------------------------------------------------------------
+
+    def _supervise(self) -> None:
+        """A worker thread's body. `_work` already answers a failed batch with INTERNAL; a bug
+        that escapes even that (e.g. in the error path) would silently cost the pool a worker,
+        so the loop is restarted in place and counted, and the server keeps its capacity."""
+        while not self._stop.is_set():
+            try:
+                self._work()
+            except Exception:
+                log.exception("server worker crashed; restarting it")
+                self.metrics.inc("worker_restarts_total", "worker loops restarted after a crash")
+                self._stop.wait(0.1)  # a bug that fires on every message must not spin a core
 
     def _work(self) -> None:
         while not self._stop.is_set():
