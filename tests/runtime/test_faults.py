@@ -503,7 +503,8 @@ def test_a_crashed_worker_is_restarted_and_counted(tiny_ddnn, hub_name):
     not cost the server its only worker: the loop restarts and `worker_restarts_total` counts it.
     In-memory transport: no broker needed."""
     transports = [create_transport(f"memory://{hub_name}") for _ in range(2)]
-    server = InferenceServer(transports[0], ModelDB([tiny_ddnn]), workers=1)
+    # every request through the worker pool (an idle server would answer a lone one inline)
+    server = InferenceServer(transports[0], ModelDB([tiny_ddnn]), workers=1, inline_when_idle=False)
     device = DeviceClient(transports[1], tiny_ddnn, "dev0", mode="server-only", deadline_ms=300)
     xs = raw_views(2, tiny_ddnn)
     crashed = threading.Event()

@@ -12,12 +12,22 @@ import pytest
 from ddnn.data.datasets import create_dataset
 from ddnn.data.views import device_view
 from ddnn.nn.entropy import normalized_entropy
+from ddnn.runtime.client import Requester
 from ddnn.runtime.device import EDGE_PREFIX, DeviceClient
 from ddnn.runtime.edge import EdgeAggregator
 from ddnn.runtime.memory import MemoryTransport
 from ddnn.runtime.server import InferenceServer, ModelDB
-from ddnn.runtime.wire import ErrorFrame, decode_frame, reply_topic, request_topic
-from ddnn.store.artifact import load_model, read_spec, save_model
+from ddnn.runtime.wire import (
+    Encoding,
+    ErrorFrame,
+    Reply,
+    Request,
+    decode_frame,
+    encode_tensor,
+    reply_topic,
+    request_topic,
+)
+from ddnn.store.artifact import load_model, read_spec, read_spec_doc, save_model
 
 
 @pytest.fixture
@@ -150,6 +160,42 @@ def test_garbage_gets_an_error_and_the_server_keeps_serving(tiny_ddnn, hub):
     assert record.status == "ok"
     assert got and isinstance(decode_frame(got[0]), ErrorFrame)
     assert EDGE_PREFIX != "dd"
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_a_lone_request_is_answered_inline_and_a_burst_is_batched(tiny_ddnn, hub, inline):
+    server = InferenceServer(hub(), ModelDB([tiny_ddnn]), workers=1, inline_when_idle=inline)
+    device = DeviceClient(hub(), tiny_ddnn, "dev0", deadline_ms=5000, mode="server-only")
+    x, _ = samples(4)
+    burst = Requester(hub(), "burst")
+    try:
+        lone = [device.infer(x[i].numpy(), i) for i in range(3)]  # one at a time: idle server
+        first = server.metrics.counter("inline_requests_total")
+        pending = []
+        for _ in range(40):  # all at once: they queue up behind each other
+            topic, request = raw_request(tiny_ddnn, "burst", burst.next_id(), x[0].numpy())
+            pending.append((request.request_id, burst.send(topic, request)[0]))
+        answers = [burst.wait(rid, p, 10.0) for rid, p in pending]
+    finally:
+        burst.close()
+        device.close()
+        server.close()
+    assert all(r.status == "ok" for r in lone) and all(isinstance(a, Reply) for a in answers)
+    inline_total = server.metrics.counter("inline_requests_total")
+    batches = server.metrics.counter("batches_total")
+    if inline:
+        assert first == 3  # no hand-off to a worker for a request that found the server idle
+        assert inline_total < 3 + 40 and batches < 3 + 40  # the burst went to the worker, batched
+    else:
+        assert inline_total == 0 and batches < 3 + 40
+
+
+def raw_request(run, device: str, rid: int, view: np.ndarray) -> tuple[str, Request]:
+    """A server-only request for `view` [C, h, w] as `device` would send it."""
+    doc = read_spec_doc(run)
+    x = encode_tensor(view[None], Encoding.UNIT8, name="x")  # [1, C, h, w]
+    req = Request(rid, str(doc["name"]), int(doc["version"]), device, rid, 0, (x,))
+    return request_topic(req.model, 0, device), req
 
 
 def test_metrics_and_health_over_http(tiny_ddnn, hub):

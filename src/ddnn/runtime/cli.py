@@ -122,8 +122,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     db = ModelDB(args.run_dirs)
     with _connect(args) as (url, transport):
         server = InferenceServer(
-            transport, db, args.workers, args.max_batch, args.max_wait_ms, args.queue_limit
-        )
+            transport, db, args.workers, args.max_batch, args.max_wait_ms, args.queue_limit,
+            inline_when_idle=not args.no_inline,
+        )  # fmt: skip
         http = MetricsServer(server.metrics, server.healthy, port=args.http_port)
         models = ", ".join(f"{n} v{v}" for n, v in sorted(db.models))
         print(
@@ -302,6 +303,11 @@ def register(sub: Any) -> None:
         help="how long a worker waits for more requests to batch (0: batch what is queued)",
     )  # fmt: skip
     p.add_argument("--queue-limit", type=int, default=1024, help="beyond it requests are shed")
+    p.add_argument(
+        "--no-inline", action="store_true",
+        help="always hand requests to the workers (default: a request that finds the server "
+        "idle is answered on the network thread, saving two thread hand-offs)",
+    )  # fmt: skip
     p.add_argument("--http-port", type=int, default=0, help="metrics/health port (0: free)")
     p.add_argument("--ready-file", help=argparse.SUPPRESS)
     p.set_defaults(handler=cmd_serve)

@@ -39,6 +39,7 @@ from ddnn.store.artifact import load_model, read_spec_doc
 log = logging.getLogger(__name__)
 
 SERVER_GROUP = "ddnn-servers"
+_INLINE_GAP_S = 0.0003  # messages closer than this were queued at the broker or socket: load
 
 
 class ModelDB:
@@ -96,8 +97,10 @@ class InferenceServer:
         max_wait_ms: float = 0.0,
         queue_limit: int = 1024,
         metrics: Metrics | None = None,
+        inline_when_idle: bool = True,
     ) -> None:
         self.transport = transport
+        self.inline_when_idle = inline_when_idle
         self.db = db
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
@@ -107,6 +110,9 @@ class InferenceServer:
         self._stop = threading.Event()
         self._seen: OrderedDict[tuple[str, int], None] = OrderedDict()  # duplicate filter
         self._seen_lock = threading.Lock()
+        self._busy = 0  # workers inside _process; read on the transport thread
+        self._busy_lock = threading.Lock()
+        self._last_read = 0.0  # when the transport thread last became free for a message
         self._threads = [
             threading.Thread(target=self._supervise, name=f"server-worker-{i}", daemon=True)
             for i in range(workers)
@@ -128,14 +134,34 @@ class InferenceServer:
         for t in self._threads:
             t.join(timeout=5)
 
-    # -- transport thread: enqueue only ----------------------------------------------------
+    # -- transport thread: enqueue, or answer a lone request at once -------------------------
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         self.metrics.inc("requests_received_total", "request messages received")
+        now = time.perf_counter()
+        item = _Item(topic, payload, now)
+        idle_gap, self._last_read = now - self._last_read, now
+        if self._lone(idle_gap):
+            self.metrics.inc("inline_requests_total", "lone requests answered without a hand-off")
+            self._run_batch([item])
+            self._last_read = time.perf_counter()  # what arrived meanwhile is read at once: load
+            return
         try:
-            self._queue.put_nowait(_Item(topic, payload, time.perf_counter()))
+            self._queue.put_nowait(item)
         except queue.Full:
             self._error(topic, payload, Status.OVERLOADED, "server queue full: request shed")
+
+    def _lone(self, idle_gap: float) -> bool:
+        """A request that found the server idle is answered on the transport thread: two thread
+        hand-offs (to a worker, and the reply back to the network thread) are most of the
+        framework's round trip. Under load messages are read back to back (gap below
+        `_INLINE_GAP_S`) and go to the workers, which batch them."""
+        return (
+            self.inline_when_idle
+            and idle_gap > _INLINE_GAP_S
+            and self._busy == 0
+            and self._queue.empty()
+        )
 
     # -- workers -----------------------------------------------------------------------------
 
@@ -169,12 +195,21 @@ class InferenceServer:
                     )
                 except queue.Empty:
                     break
+            with self._busy_lock:
+                self._busy += 1
             try:
-                self._process(items)
-            except Exception:  # a bug must not kill the worker: answer every request with INTERNAL
-                log.exception("worker failed on a batch of %d", len(items))
-                for item in items:
-                    self._error(item.topic, item.payload, Status.INTERNAL, "internal server error")
+                self._run_batch(items)
+            finally:
+                with self._busy_lock:
+                    self._busy -= 1
+
+    def _run_batch(self, items: list[_Item]) -> None:
+        try:
+            self._process(items)
+        except Exception:  # a bug must not kill the worker: answer every request with INTERNAL
+            log.exception("worker failed on a batch of %d", len(items))
+            for item in items:
+                self._error(item.topic, item.payload, Status.INTERNAL, "internal server error")
 
     def _process(self, items: list[_Item]) -> None:
         groups: dict[tuple[str, int, int, tuple[int, ...]], list[_Job]] = defaultdict(list)
