@@ -17,7 +17,14 @@ from ddnn.runtime.edge import EdgeAggregator
 from ddnn.runtime.mqtt import MqttTransport
 from ddnn.runtime.processes import Process
 from ddnn.runtime.runner import run_deployment
-from ddnn.runtime.wire import ErrorFrame, Reply, decode_frame, reply_topic, request_topic
+from ddnn.runtime.wire import (
+    VERSION,
+    ErrorFrame,
+    Reply,
+    decode_frame,
+    reply_topic,
+    request_topic,
+)
 from ddnn.store.artifact import read_spec
 
 pytestmark = pytest.mark.integration
@@ -141,7 +148,8 @@ def test_garbage_on_every_topic_and_the_tiers_keep_serving(tiny_multiview, broke
         for topic in topics:
             for n in (0, 1, 5, 60, 400):
                 spy.publish(topic, os.urandom(n) if n else b"")
-            spy.publish(topic, b"DN\x01\x01" + bytes(rng.randrange(256) for _ in range(40)))
+            junk = bytes(rng.randrange(256) for _ in range(40))
+            spy.publish(topic, b"DN" + bytes([VERSION, 1]) + junk)  # a request header, then junk
         records = report_together(broker.url, tiny_multiview, 3, [0, 1, 2, 3])
         assert all(t.proc.poll() is None for t in tiers), "a tier died on garbage"
     finally:

@@ -22,7 +22,9 @@ from ddnn.runtime.wire import (
     ErrorFrame,
     Reply,
     Request,
+    Status,
     decode_frame,
+    encode_frame,
     encode_tensor,
     reply_topic,
     request_topic,
@@ -229,6 +231,50 @@ def test_three_tiers_answer_at_the_cloud_when_nothing_earlier_is_confident(
         frame = infer(0, range(4))
     assert all(r.status == "ok" and r.exit_index == 2 and r.offloaded for r in frame)
     assert len({r.predicted for r in frame}) == 1
+
+
+def with_local_threshold(run, folder, threshold: float):
+    model = load_model(run)
+    model.spec = model.spec.with_thresholds({"device": threshold})
+    return save_model(model, folder)
+
+
+def test_devices_send_scores_first_and_features_only_when_asked(tiny_multiview, hub, tmp_path):
+    sure = with_local_threshold(tiny_multiview, tmp_path / "sure", 1.0)  # (all but uniform)
+    unsure = with_local_threshold(tiny_multiview, tmp_path / "unsure", 0.0)  # never
+    with fused(sure, hub, frame_deadline_ms=2000) as infer:
+        local = [r for i in range(3) for r in infer(i, range(4))]
+    with fused(unsure, hub, frame_deadline_ms=2000) as infer:
+        upper = [r for i in range(3) for r in infer(i, range(4))]
+    assert all(r.status == "ok" and r.exit_index == 0 for r in local)
+    assert all(r.status == "ok" and r.exit_index == 1 for r in upper)
+    scores_only = {r.frame_bytes for r in local}
+    assert len(scores_only) == 1  # one frame of 10 float32 scores, no features
+    (scores_bytes,) = scores_only
+    # unsure: the scores frame, then a features frame (a header like it, and packed bits)
+    assert all(r.frame_bytes > 2 * (scores_bytes - 4 * 10) for r in upper)
+    for frame in range(3):  # one fused answer per frame, the same for every device
+        assert len({r.predicted for r in upper[4 * frame : 4 * frame + 4]}) == 1
+
+
+def test_a_device_that_never_sends_its_features_is_left_out(tiny_multiview, hub, tmp_path):
+    run = with_local_threshold(tiny_multiview, tmp_path / "unsure", 0.0)
+    spec, doc = read_spec(run), read_spec_doc(run)
+    silent = hub()  # dev3: reports its scores, ignores the request for features
+    asked: list[bytes] = []
+    silent.subscribe(reply_topic("dev3"), lambda t, p: asked.append(p))
+    scores = encode_tensor(np.zeros(spec.num_classes, np.float32), Encoding.FLOAT32, name="scores")
+    with fused(run, hub, frame_deadline_ms=300) as infer:
+        topic = request_topic(str(doc["name"]), 1, "dev3", prefix=EDGE_PREFIX)
+        silent.publish(
+            topic, encode_frame(Request(9, str(doc["name"]), 1, "dev3", 0, 1, (scores,)))
+        )
+        others = infer(0, range(3))
+    assert all(r.status == "degraded" and r.missing == ["dev3"] for r in others)
+    assert all(r.exit_index == 1 and r.total_ms >= 300 for r in others)
+    first = decode_frame(asked[0])
+    assert isinstance(first, Reply) and first.status == Status.FEATURES
+    assert len(asked) == 1  # asked once; never answered on the stale request
 
 
 def test_a_late_device_gets_its_frames_answer_at_once_and_catches_up(tiny_multiview, hub):

@@ -13,6 +13,7 @@ from ddnn.runtime.transport import topic_matches
 from ddnn.runtime.wire import (
     MAGIC,
     MAX_MESSAGE_BYTES,
+    VERSION,
     Encoding,
     ErrorFrame,
     FrameError,
@@ -206,8 +207,8 @@ VALID = encode_frame(request(encode_tensor(np.ones(12), "bits")))
     ("data", "message"),
     [
         (b"", "truncated frame: frame header needs 4 bytes"),
-        (b"XY\x01\x01" + VALID[4:], "bad magic"),
-        (patched(VALID, 2, b"\x02"), "unsupported protocol version 2"),
+        (b"XY" + VALID[2:], "bad magic"),
+        (patched(VALID, 2, b"\x01"), "unsupported protocol version 1"),
         (patched(VALID, 3, b"\x09"), "unknown frame kind 9"),
         (patched(VALID, 4, bytes(8)), "request_id must be an integer in 1"),
         (VALID + b"\x00", "1 trailing bytes after a complete request frame"),
@@ -221,8 +222,8 @@ VALID = encode_frame(request(encode_tensor(np.ones(12), "bits")))
         (patched(VALID, 33, b"\x02"), "truncated frame: tensor 1 name length"),
         (patched(VALID, 33, b"\x00"), r"tensors needs 1\.\.255 entries"),
         (patched(encode_frame(Reply(1, Status.OK, 0, 0, 0.0)), 12, b"\x05"), "unknown status 5"),
-        (MAGIC + b"\x01\x03" + struct.pack("<QBH", 0, 16, 2000), "exceeds 1024"),
-        (MAGIC + b"\x01\x03" + struct.pack("<QBH", 0, 0, 0), "error frames need an error code"),
+        (MAGIC + bytes([VERSION, 3]) + struct.pack("<QBH", 0, 16, 2000), "exceeds 1024"),
+        (MAGIC + bytes([VERSION, 3]) + struct.pack("<QBH", 0, 0, 0), "error frames need an error"),
     ],
 )
 def test_malformed_frames_raise_frame_error(data: bytes, message: str) -> None:

@@ -16,12 +16,14 @@ from ddnn.errors import DdnnError
 from ddnn.evaluate.policy import OTHER
 from ddnn.export.engines import DeviceEngine, create_engine
 from ddnn.runtime.client import Requester
-from ddnn.runtime.executor import decide
+from ddnn.runtime.executor import Answer, decide
 from ddnn.runtime.transport import Transport
 from ddnn.runtime.wire import (
     Encoding,
     ErrorFrame,
+    Reply,
     Request,
+    Status,
     Tensor,
     decode_tensor,
     encode_tensor,
@@ -133,42 +135,58 @@ class DeviceClient:
             x = Tensor("x", Encoding.BITS, shape, feats[0].tobytes())
         else:
             x = encode_tensor(feats.reshape(shape), Encoding.FLOAT32, name="x")
-        tensors: tuple[Tensor, ...] = (x,)
-        if self.multi:  # the edge fuses the devices' exit scores: DDNN's 4|C| bytes a device
-            tensors += (encode_tensor(logits[0], Encoding.FLOAT32, name="scores"),)
-        return self._offload(tensors, 1, frame_id, t0, device_ms, local)
+        if self.multi:  # scores first (DDNN's 4|C| bytes a device); features if the edge asks
+            scores = encode_tensor(logits[0], Encoding.FLOAT32, name="scores")
+            return self._offload((scores,), 1, frame_id, t0, device_ms, local, features=x)
+        return self._offload((x,), 1, frame_id, t0, device_ms, local)
 
     def _offload(
         self, tensors: tuple[Tensor, ...], section: int, frame_id: int, t0: float,
-        device_ms: float, local: Any,
+        device_ms: float, local: Any, features: Tensor | None = None,
     ) -> Record:  # fmt: skip
-        rid = self.requester.next_id()
-        request = Request(
-            rid, self.model_name, self.version, self.device_id, frame_id, section, tensors
-        )
+        """Send, wait until the deadline; when the edge asks (FEATURES), send `features` for
+        the same frame and wait for the answer in what is left of the deadline."""
         prefix = EDGE_PREFIX if self.multi else "dd"
         topic = request_topic(self.model_name, section, self.device_id, prefix=prefix)
         local_pred = local.predicted if local is not None else -1
-        try:
-            pending, sent = self.requester.send(topic, request)
-        except DdnnError as exc:  # disconnected, or refused before sending
-            return self._fallback(frame_id, t0, device_ms, local, str(exc), 0, 0)
-        answer = self.requester.wait(rid, pending, self.deadline_s - (time.perf_counter() - t0))
+        frame_bytes = packet_bytes = 0
+        answer: Reply | ErrorFrame | None = None
+        for attempt in (tensors, (features,) if features is not None else None):
+            if attempt is None:
+                break
+            rid = self.requester.next_id()
+            request = Request(
+                rid, self.model_name, self.version, self.device_id, frame_id, section, attempt
+            )
+            try:
+                pending, sent = self.requester.send(topic, request)
+            except DdnnError as exc:  # disconnected, or refused before sending
+                return self._fallback(
+                    frame_id, t0, device_ms, local, str(exc), frame_bytes, packet_bytes
+                )
+            frame_bytes += sent.frame_bytes
+            packet_bytes += sent.packet_bytes
+            left = self.deadline_s - (time.perf_counter() - t0)
+            answer = self.requester.wait(rid, pending, left)
+            if not (isinstance(answer, Reply) and answer.status == Status.FEATURES):
+                break
+            # the fused local exit (all devices' scores) beats this device's own as a fallback
+            local = Answer(answer.predicted, 0, answer.entropy, False)
+            local_pred = answer.predicted
         total_ms = (time.perf_counter() - t0) * 1000
         if answer is None:
             return self._fallback(
-                frame_id,
-                t0,
-                device_ms,
-                local,
-                "deadline passed",
-                sent.frame_bytes,
-                sent.packet_bytes,
+                frame_id, t0, device_ms, local, "deadline passed", frame_bytes, packet_bytes
             )
         if isinstance(answer, ErrorFrame):
             return self._fallback(
                 frame_id, t0, device_ms, local, f"{answer.code.name}: {answer.message}",
-                sent.frame_bytes, sent.packet_bytes, status_if_none="error",
+                frame_bytes, packet_bytes, status_if_none="error",
+            )  # fmt: skip
+        if answer.status == Status.FEATURES:  # asked again: nothing more to send
+            return self._fallback(
+                frame_id, t0, device_ms, local, "the edge asked for features twice",
+                frame_bytes, packet_bytes, status_if_none="error",
             )  # fmt: skip
         server_ms = answer.queue_ms + answer.compute_ms
         extra = {t.name: decode_tensor(t) for t in answer.tensors}
@@ -178,7 +196,7 @@ class DeviceClient:
         return Record(
             self.device_id, frame_id, answer.predicted, answer.exit_index, local_pred, True,
             status, device_ms, max(total_ms - device_ms - server_ms, 0.0), server_ms, total_ms,
-            sent.frame_bytes, sent.packet_bytes, missing=list(answer.missing_devices),
+            frame_bytes, packet_bytes, missing=list(answer.missing_devices),
         )  # fmt: skip
 
     def _fallback(

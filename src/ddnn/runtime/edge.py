@@ -1,10 +1,12 @@
 """The edge tier (DDNN's local aggregator, and the edge section of 3-tier models).
 
-Devices of one model report each event (frame id) here: exit scores and features. When all have
-reported, or the frame's deadline passes, the edge fuses the scores of the devices present and
-answers when the fused local exit is confident; otherwise it runs its own section and exit, if
-the model has one, and forwards what is still not confident to the server. A device that did
-not report in time is left out and the reply names it.
+Devices of one model report each event (frame id) here with their exit scores only (DDNN's
+4|C| bytes a device). When all have reported, or the frame's deadline passes, the edge fuses the
+scores of the devices present and answers when the fused local exit is confident. Otherwise it
+asks the devices for their features (a FEATURES reply), waits for them up to the frame deadline
+again, runs its own section and exit if the model has one, and forwards what is still not
+confident to the server. A device that did not report in time is left out and the reply names
+it. A device may also send its features with its scores; then nothing is asked.
 """
 
 from __future__ import annotations
@@ -52,11 +54,16 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Frame:
-    section: int  # 1: device+server (scores and features), 0: server-only (raw views)
+    section: int  # 1: device+server (scores, then features), 0: server-only (raw views)
     frame_id: int
     opened: float
-    requests: dict[int, tuple[Request, float]] = field(default_factory=dict)  # index -> (req, t)
+    # index -> (the device's latest request, when it arrived): replies answer the latest one
+    requests: dict[int, tuple[Request, float]] = field(default_factory=dict)
     local: int = -1  # the fused local exit's prediction, reported to the devices
+    fused: Answer | None = None  # the fused local exit's answer, once decided
+    asked: set[int] = field(default_factory=set)  # devices asked for features, not yet sent
+    asked_at: float = 0.0
+    missing: tuple[str, ...] = ()
     # A device that reports after its frame was dispatched gets the frame's answer (marked
     # degraded) instead of opening a new frame: a late device catches up at once.
     late: list[Request] = field(default_factory=list)
@@ -96,7 +103,8 @@ class EdgeAggregator:
         self.upstream_deadline = upstream_deadline_ms / 1000.0
         self.requester = Requester(transport, identity)
         self._inbox: queue.Queue[tuple[str, bytes, float] | None] = queue.Queue()
-        self._frames: dict[tuple[int, int], _Frame] = {}
+        self._frames: dict[tuple[int, int], _Frame] = {}  # collecting scores
+        self._awaiting: dict[tuple[int, int], _Frame] = {}  # features asked for
         self._dispatched: OrderedDict[tuple[int, int], _Frame] = OrderedDict()
         self._upstream = ThreadPoolExecutor(max_workers=16, thread_name_prefix="edge-upstream")
         self._stop = threading.Event()
@@ -136,10 +144,11 @@ class EdgeAggregator:
             self._flush_expired()
 
     def _next_timeout(self) -> float:
-        if not self._frames:
+        starts = [f.opened for f in self._frames.values()]
+        starts += [f.asked_at for f in self._awaiting.values()]
+        if not starts:
             return 0.1
-        oldest = min(f.opened for f in self._frames.values())
-        return max(0.0, oldest + self.frame_deadline - time.perf_counter())
+        return max(0.0, min(starts) + self.frame_deadline - time.perf_counter())
 
     def _admit(self, topic: str, payload: bytes, arrived: float) -> None:
         self.metrics.inc("requests_received_total", "device messages received")
@@ -168,8 +177,18 @@ class EdgeAggregator:
             reply_error(self.transport, self.metrics, frame, code, str(exc))
             return
         key = (frame.section, frame.frame_id)
+        if key in self._awaiting:
+            self._features_arrived(key, frame, arrived)
+            return
         if key in self._dispatched:
             self._late(self._dispatched[key], frame)
+            return
+        if frame.section == 1 and not any(t.name == "scores" for t in frame.tensors):
+            reply_error(
+                self.transport, self.metrics, frame, Status.BAD_INPUT,
+                f"features for frame {frame.frame_id}, which this edge did not ask for: send "
+                "the exit scores first",
+            )  # fmt: skip
             return
         state = self._frames.setdefault(key, _Frame(frame.section, frame.frame_id, arrived))
         state.requests[self.index[frame.device_id]] = (frame, arrived)
@@ -205,12 +224,16 @@ class EdgeAggregator:
             )
         tensors = {t.name: t for t in frame.tensors}
         row = self.executor.input_shape(frame.section)[1:]  # one device's row
-        if "x" not in tensors or tuple(tensors["x"].shape) != (1, *row):
+        if frame.section == 1 and not tensors.keys() & {"x", "scores"}:
+            raise DdnnError("a device's request needs tensor 'scores' (and later 'x')")
+        if (frame.section == 0 or "x" in tensors) and (
+            "x" not in tensors or tuple(tensors["x"].shape) != (1, *row)
+        ):
             got = tuple(tensors["x"].shape) if "x" in tensors else None
             raise DdnnError(f"tensor 'x' must have shape {(1, *row)}, got {got}")
-        if frame.section == 1:
+        if "scores" in tensors:
             n = self.spec.exit_num_classes(self.spec.sections[0])
-            if "scores" not in tensors or tuple(tensors["scores"].shape) != (n,):
+            if tuple(tensors["scores"].shape) != (n,):
                 raise DdnnError(f"tensor 'scores' must have shape ({n},)")
 
     def _flush_expired(self) -> None:
@@ -219,41 +242,107 @@ class EdgeAggregator:
             state = self._frames.pop(key)
             self.metrics.inc("frames_incomplete_total", "frames fused without every device")
             self._dispatch(state)
+        late = [k for k, f in self._awaiting.items() if now - f.asked_at >= self.frame_deadline]
+        for key in late:  # go on with the features that came; the others are missing
+            state = self._awaiting.pop(key)
+            self.metrics.inc("features_incomplete_total", "frames sent on without all features")
+            for i in state.asked:
+                del state.requests[i]  # already answered (FEATURES); a late report catches up
+            state.missing += tuple(self.device_ids[i] for i in sorted(state.asked))
+            state.asked = set()
+            self._mark_dispatched(state)
+            assert state.fused is not None
+            self._upper(state, state.fused, time.perf_counter())
+
+    def _features_arrived(self, key: tuple[int, int], frame: Request, arrived: float) -> None:
+        state = self._awaiting[key]
+        index = self.index[frame.device_id]
+        if index not in state.asked or not any(t.name == "x" for t in frame.tensors):
+            reply_error(
+                self.transport, self.metrics, frame, Status.BAD_INPUT,
+                f"frame {frame.frame_id} waits for features ('x') from {self._names(state.asked)}",
+            )  # fmt: skip
+            return
+        state.requests[index] = (frame, arrived)
+        state.asked.discard(index)
+        if not state.asked:
+            del self._awaiting[key]
+            self._mark_dispatched(state)
+            assert state.fused is not None
+            self._upper(state, state.fused, time.perf_counter())
+
+    def _names(self, indices: set[int]) -> str:
+        return ", ".join(self.device_ids[i] for i in sorted(indices))
+
+    def _mark_dispatched(self, state: _Frame) -> None:
+        self._dispatched[(state.section, state.frame_id)] = state
+        if len(self._dispatched) > 4096:
+            self._dispatched.popitem(last=False)
 
     # -- deciding and forwarding --------------------------------------------------------------
 
     def _dispatch(self, state: _Frame) -> None:
-        self._dispatched[(state.section, state.frame_id)] = state
-        if len(self._dispatched) > 4096:
-            self._dispatched.popitem(last=False)
+        """Every device reported (or the deadline passed): decide on the fused scores, ask for
+        features when unsure, or forward raw views (server-only)."""
         start = time.perf_counter()
-        present = np.zeros(self.spec.devices, dtype=bool)
-        present[list(state.requests)] = True
-        rows = {
-            i: {t.name: decode_tensor(t) for t in r.tensors} for i, (r, _) in state.requests.items()
-        }
-        x = np.zeros((self.spec.devices, *self.executor.input_shape(state.section)[1:]), np.float32)
-        for i, tensors in rows.items():
-            x[i] = tensors["x"][0]
-        missing = tuple(d for i, d in enumerate(self.device_ids) if not present[i])
+        state.missing = tuple(d for i, d in enumerate(self.device_ids) if i not in state.requests)
         if state.section == 0:  # server-only: forward every raw view, fused upstream
-            self._forward(state, 0, x, present, None, start, missing)
+            self._mark_dispatched(state)
+            x, present = self._stack(state)
+            self._forward(state, 0, x, present, None, start)
             return
-        scores = np.zeros((self.spec.devices, len(next(iter(rows.values()))["scores"])), np.float32)
+        rows = {i: {t.name: t for t in r.tensors} for i, (r, _) in state.requests.items()}
+        n = self.spec.exit_num_classes(self.spec.sections[0])
+        scores = np.zeros((self.spec.devices, n), np.float32)  # [D, C]
+        present = np.zeros(self.spec.devices, dtype=bool)
         for i, tensors in rows.items():
-            scores[i] = tensors["scores"]
+            scores[i], present[i] = decode_tensor(tensors["scores"]), True
         with torch.no_grad():
             fused = self.model.fuse_device_exits(
                 torch.from_numpy(scores)[None], torch.from_numpy(present)[None]
             ).numpy()  # [1, C]
         local = decide(self.model, 0, fused)[0]
-        state.local = local.predicted
+        state.local, state.fused = local.predicted, local
         if local.confident:
-            self._answer(state, local, start, time.perf_counter(), missing)
+            self._mark_dispatched(state)
+            self._answer(state, local, start, time.perf_counter())
+            return
+        state.asked = {i for i, tensors in rows.items() if "x" not in tensors}
+        if not state.asked:  # the features came with the scores
+            self._mark_dispatched(state)
+            self._upper(state, local, start)
+            return
+        state.asked_at = time.perf_counter()
+        self._awaiting[(state.section, state.frame_id)] = state
+        self.metrics.inc("features_asked_total", "devices asked for their features")
+        for i in state.asked:
+            req, arrived = state.requests[i]
+            ask = Reply(
+                req.request_id, Status.FEATURES, local.predicted, 0, local.entropy,
+                (start - arrived) * 1000, (state.asked_at - start) * 1000, state.missing,
+            )  # fmt: skip
+            publish_quietly(self.transport, reply_topic(req.device_id), encode_frame(ask))
+
+    def _stack(self, state: _Frame) -> tuple[np.ndarray, np.ndarray]:
+        """The devices' rows of 'x' ([D, *row], zeros where absent) and who is present."""
+        present = np.zeros(self.spec.devices, dtype=bool)
+        x = np.zeros((self.spec.devices, *self.executor.input_shape(state.section)[1:]), np.float32)
+        for i, (req, _) in state.requests.items():
+            tensor = next((t for t in req.tensors if t.name == "x"), None)
+            if tensor is not None:
+                x[i], present[i] = decode_tensor(tensor)[0], True
+        return x, present
+
+    def _upper(self, state: _Frame, local: Answer, start: float) -> None:
+        """The fused local exit was unsure: the edge section (when the model has one) on the
+        features that came, else the server."""
+        x, present = self._stack(state)
+        if not present.any():  # nobody sent features in time: the fused scores are all there is
+            self._answer(state, local, start, time.perf_counter(), degraded=True)
             return
         edge = self.spec.sections[1]
         if edge.tier != "edge":
-            self._forward(state, 1, x, present, local, start, missing)
+            self._forward(state, 1, x, present, local, start)
             return
         with torch.no_grad():
             out = self.model.run_upper(
@@ -262,13 +351,13 @@ class EdgeAggregator:
         assert out.logits is not None
         edge_answer = decide(self.model, 1, out.logits.numpy())[0]
         if edge_answer.confident:
-            self._answer(state, edge_answer, start, time.perf_counter(), missing)
+            self._answer(state, edge_answer, start, time.perf_counter())
             return
-        self._forward(state, 2, out.features.numpy()[0], None, edge_answer, start, missing)
+        self._forward(state, 2, out.features.numpy()[0], None, edge_answer, start)
 
     def _forward(
         self, state: _Frame, section: int, x: np.ndarray, present: np.ndarray | None,
-        fallback: Answer | None, start: float, missing: tuple[str, ...],
+        fallback: Answer | None, start: float,
     ) -> None:  # fmt: skip
         if section == 0:
             tensors = [encode_tensor(x, Encoding.UNIT8, name="x")]  # raw views, [D, C, h, w]
@@ -289,13 +378,11 @@ class EdgeAggregator:
             tuple(tensors),
         )  # fmt: skip
         edge_done = time.perf_counter()
-        self._upstream.submit(
-            self._await_upstream, state, request, fallback, start, edge_done, missing
-        )
+        self._upstream.submit(self._await_upstream, state, request, fallback, start, edge_done)
 
     def _await_upstream(
         self, state: _Frame, request: Request, fallback: Answer | None, start: float,
-        edge_done: float, missing: tuple[str, ...],
+        edge_done: float,
     ) -> None:  # fmt: skip
         topic = request_topic(self.model_name, request.section, self.requester.identity)
         try:
@@ -306,7 +393,7 @@ class EdgeAggregator:
             answer = None
         if isinstance(answer, Reply):
             ans = Answer(answer.predicted, answer.exit_index, answer.entropy, True)
-            self._answer(state, ans, start, edge_done, missing, answer)
+            self._answer(state, ans, start, edge_done, answer)
             return
         why = answer.message if isinstance(answer, ErrorFrame) else "server did not answer in time"
         self.metrics.inc("upstream_failures_total", "forwards without a server answer")
@@ -320,12 +407,13 @@ class EdgeAggregator:
                 fail(req)
             self._settle(state, fail)
             return
-        self._answer(state, fallback, start, edge_done, missing, degraded=True)
+        self._answer(state, fallback, start, edge_done, degraded=True)
 
     def _answer(
-        self, state: _Frame, ans: Answer, start: float, done: float, missing: tuple[str, ...],
+        self, state: _Frame, ans: Answer, start: float, done: float,
         upstream: Reply | None = None, degraded: bool = False,
     ) -> None:  # fmt: skip
+        missing = state.missing
         status = Status.DEGRADED if degraded or missing else Status.OK
         local = (encode_tensor(np.array([state.local], np.float32), name="local"),)
         compute_ms = (done - start) * 1000 + (upstream.compute_ms if upstream else 0.0)

@@ -21,7 +21,7 @@ import numpy as np
 from ddnn.errors import DdnnError
 
 MAGIC = b"DN"
-VERSION = 1
+VERSION = 2  # 2: status FEATURES (an edge asks a device for its features)
 MAX_NDIM = 8
 MAX_MESSAGE_BYTES = 1024
 TOPIC_PREFIX = "dd"
@@ -65,6 +65,7 @@ class Status(IntEnum):
 
     OK = 0
     DEGRADED = 1  # answered, but e.g. fused without some devices (see missing_devices)
+    FEATURES = 2  # not answered yet: the edge's fused exit is unsure, send this frame's features
     MALFORMED = 16  # the request frame could not be decoded
     UNKNOWN_MODEL = 17  # model name or version not served here
     BAD_INPUT = 18  # tensors do not match what the section expects
