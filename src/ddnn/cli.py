@@ -187,6 +187,7 @@ AREAS: Sequence[str] = (
     "ddnn.runtime.cli",
     "ddnn.export.cli",
     "ddnn.distributed.cli",
+    "ddnn.bench.cli",
 )
 
 

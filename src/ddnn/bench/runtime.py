@@ -22,13 +22,14 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as paho
 
+from ddnn.bench.offload import offload_request, offload_shape
 from ddnn.runtime.broker import MosquittoBroker
 from ddnn.runtime.client import Requester
 from ddnn.runtime.executor import SectionExecutor
 from ddnn.runtime.mqtt import MqttTransport
 from ddnn.runtime.processes import Process
 from ddnn.runtime.server import InferenceServer, ModelDB
-from ddnn.runtime.wire import Encoding, Reply, Request, encode_tensor, request_topic
+from ddnn.runtime.wire import Reply, request_topic
 from ddnn.store.artifact import load_model, read_spec_doc
 
 
@@ -67,18 +68,11 @@ def bare_echo_rtt(port: int, payload: bytes, repeats: int) -> list[float]:
     return times
 
 
-def _request(model: Any, name: str, version: int, rid: int, device: str) -> Request:
-    """An offloaded request as a device sends it: section 1, binarized features as bits."""
-    shape = (model.spec.devices, *model.devices[0].out_shape)
-    feats = np.where(np.random.default_rng(rid).standard_normal(shape) >= 0, 1.0, -1.0)
-    return Request(rid, name, version, device, rid, 1, (encode_tensor(feats, Encoding.BITS),))
-
-
 def framework_rtt(url: str, run_dir: str, repeats: int) -> tuple[list[float], int, int, int]:
     """(round trips ms minus server compute, frame bytes, packet bytes, payload bytes)."""
     doc = read_spec_doc(run_dir)
     name, version = str(doc["name"]), int(doc["version"])
-    model = load_model(run_dir)
+    shape = offload_shape(load_model(run_dir))
     with MqttTransport.from_url(url) as st, MqttTransport.from_url(url) as dt:
         server = InferenceServer(st, ModelDB([run_dir]), workers=1)
         req = Requester(dt, "bench0")
@@ -86,7 +80,7 @@ def framework_rtt(url: str, run_dir: str, repeats: int) -> tuple[list[float], in
         topic = request_topic(name, 1, "bench0")
         try:
             for _ in range(repeats):
-                r = _request(model, name, version, req.next_id(), "bench0")
+                r = offload_request(shape, name, version, req.next_id(), "bench0")
                 pending, sent = req.send(topic, r)
                 answer = req.wait(r.request_id, pending, 5.0)
                 if not isinstance(answer, Reply):
@@ -107,7 +101,7 @@ def throughput(
     load generator)."""
     doc = read_spec_doc(run_dir)
     name, version = str(doc["name"]), int(doc["version"])
-    model = load_model(run_dir)
+    shape = offload_shape(load_model(run_dir))
     args = ["serve", run_dir, "--broker", url, "--workers", "2", "--max-batch", "64"]
     server = Process(f"bench-server-{devices}", args, logs, ready=True)
     try:
@@ -120,7 +114,7 @@ def throughput(
             req, lat = requesters[i // window], []
             topic = request_topic(name, 1, req.identity)
             while time.perf_counter() < stop:
-                r = _request(model, name, version, req.next_id(), req.identity)
+                r = offload_request(shape, name, version, req.next_id(), req.identity)
                 pending, _ = req.send(topic, r)
                 if isinstance(req.wait(r.request_id, pending, 10.0), Reply):
                     lat.append((pending.received_at - pending.sent_at) * 1000)

@@ -1,0 +1,86 @@
+"""`ddnn bench load | fuzz`: how much load the server holds, and how it takes malformed input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    """No top-level commands: everything here is a benchmark."""
+
+
+def cmd_bench_load(args: argparse.Namespace) -> int:
+    from ddnn.bench.load import bench_load, bench_load_text
+
+    result = bench_load(
+        args.run_dir,
+        devices=args.devices,
+        rates=args.rate,
+        seconds=args.seconds,
+        deadline_ms=args.deadline_ms,
+        broker=args.broker,
+        generators=args.generators,
+        servers=args.servers,
+        workers=args.workers,
+        max_batch=args.max_batch,
+        queue_limit=args.queue_limit,
+        keep_going=args.keep_going,
+        progress=not args.json,
+    )
+    print(json.dumps(result) if args.json else bench_load_text(result))
+    return 0
+
+
+def cmd_bench_fuzz(args: argparse.Namespace) -> int:
+    from ddnn.bench.fuzz import bench_fuzz, bench_fuzz_text
+
+    if args.verbose < 2:  # the server logs every bad message it answers: thousands of warnings
+        logging.getLogger("ddnn.runtime").setLevel(logging.ERROR)
+    result = bench_fuzz(args.examples, args.run_dir, args.live, args.seed, progress=not args.json)
+    print(json.dumps(result) if args.json else bench_fuzz_text(result))
+    return 0 if result["ok"] else 1
+
+
+def register_bench(bsub: Any) -> None:
+    p = bsub.add_parser("load", help="open-loop load: K devices x R requests/s against ddnn serve")
+    p.add_argument("run_dir", help="a trained model folder (single device, bits features)")
+    p.add_argument("--devices", type=int, nargs="+", default=[4, 8, 16], help="K values")
+    p.add_argument(
+        "--rate", type=float, nargs="+", default=[25.0, 50.0, 100.0],
+        help="R values: requests/s per device",
+    )  # fmt: skip
+    p.add_argument("--seconds", type=float, default=10.0, help="sending time per step")
+    p.add_argument("--deadline-ms", type=float, default=2000.0, help="after it: lost")
+    p.add_argument("--broker", help="mqtt://host:port of a running broker (default: start one)")
+    p.add_argument(
+        "--generators", type=int, default=1,
+        help="load-generator processes the devices are split among",
+    )  # fmt: skip
+    p.add_argument(
+        "--servers", type=int, default=1,
+        help="ddnn serve processes sharing the requests (one shared-subscription group)",
+    )  # fmt: skip
+    p.add_argument("--workers", type=int, default=2, help="ddnn serve --workers")
+    p.add_argument("--max-batch", type=int, default=32, help="ddnn serve --max-batch")
+    p.add_argument("--queue-limit", type=int, default=1024, help="ddnn serve --queue-limit")
+    p.add_argument(
+        "--keep-going", action="store_true",
+        help="run every step (default: skip steps heavier than one that failed)",
+    )  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=cmd_bench_load)
+
+    p = bsub.add_parser("fuzz", help="fuzz the frame decoder and a live server (needs hypothesis)")
+    p.add_argument(
+        "run_dir", nargs="?",
+        help="a trained model folder for the live part (a real server on memory://); "
+        "without it only the decoder is fuzzed",
+    )  # fmt: skip
+    p.add_argument("--examples", type=int, default=10000, help="inputs per decoder property")
+    p.add_argument("--live", type=int, help="messages sent to the live server (default: examples)")
+    p.add_argument("--seed", type=int, help="hypothesis seed, to repeat a run")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=cmd_bench_fuzz)
