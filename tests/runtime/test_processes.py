@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -190,6 +191,49 @@ def test_a_lone_request_is_answered_inline_and_a_burst_is_batched(tiny_ddnn, hub
         assert inline_total < 3 + 40 and batches < 3 + 40  # the burst went to the worker, batched
     else:
         assert inline_total == 0 and batches < 3 + 40
+
+
+def test_each_kind_of_bad_request_gets_its_own_error_and_serving_goes_on(tiny_ddnn, hub):
+    """Wrong version, shape, tensor name or truncated bits: a clear error reply each."""
+    server = InferenceServer(hub(), ModelDB([tiny_ddnn]), workers=1)
+    client = hub()
+    requester = Requester(client, "dev0")
+    x, _ = samples(1)
+    topic, good = raw_request(tiny_ddnn, "dev0", 1, x[0].numpy())
+    view = good.tensors[0]
+    bits = encode_tensor(np.ones(24), Encoding.BITS, name="x")
+    # (an unknown model *name* has a topic no server subscribes to: the device's deadline
+    # answers it; an unknown version reaches the server of that model)
+    cases = {
+        "unknown version": (replace(good, model_version=9), Status.UNKNOWN_MODEL, "v9"),
+        "wrong shape": (replace(good, tensors=(bits,)), Status.BAD_INPUT, "shape"),
+        "no tensor x": (
+            replace(good, tensors=(replace(view, name="y"),)), Status.BAD_INPUT, "needs 'x'",
+        ),
+    }  # fmt: skip
+    answers = {}
+    try:
+        for rid, (name, (request, _, _)) in enumerate(cases.items(), start=10):
+            request = replace(request, request_id=rid)
+            sent = request_topic(request.model, request.section, "dev0")
+            pending, _ = requester.send(sent, request)
+            answers[name] = requester.wait(rid, pending, 5.0)
+        truncated = encode_frame(replace(good, request_id=30, tensors=(bits,)))[:-1]
+        spy: list[bytes] = []
+        client.subscribe(reply_topic("dev0") + "/#", lambda t, p: spy.append(p))
+        client.publish(topic, truncated)  # packed bits cut short
+        pending, _ = requester.send(topic, replace(good, request_id=31))
+        after = requester.wait(31, pending, 5.0)
+    finally:
+        requester.close()
+        server.close()
+    for name, (_, code, text) in cases.items():
+        answer = answers[name]
+        assert isinstance(answer, ErrorFrame) and answer.code == code, (name, answer)
+        assert text in answer.message, (name, answer.message)
+    errors = [decode_frame(p) for p in spy]
+    assert any(isinstance(e, ErrorFrame) and e.code == Status.MALFORMED for e in errors)
+    assert isinstance(after, Reply) and after.status == Status.OK
 
 
 def raw_request(run, device: str, rid: int, view: np.ndarray) -> tuple[str, Request]:

@@ -250,7 +250,7 @@ def cmd_device(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
     if not args.images and not args.records:
-        print(json.dumps(summarize(records), indent=2))
+        print(json.dumps({**summarize(records), "mqtt": transport.stats}, indent=2))
     return 0
 
 
