@@ -30,8 +30,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -39,7 +38,7 @@ from typing import IO, Any
 import numpy as np
 
 from ddnn.errors import DdnnError
-from ddnn.runtime.broker import MosquittoBroker, free_port
+from ddnn.runtime.broker import broker_or_own, free_port
 from ddnn.runtime.processes import Process
 
 log = logging.getLogger(__name__)
@@ -322,15 +321,6 @@ def _percentile(values: Sequence[float], q: float) -> float:
     return float(ordered[max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))])
 
 
-@contextmanager
-def _broker(url: str | None) -> Iterator[str]:
-    if url:
-        yield url
-        return
-    with MosquittoBroker() as broker:
-        yield broker.url
-
-
 @dataclass(frozen=True)
 class Target:
     """The servers under load and where the generators reach them."""
@@ -521,7 +511,7 @@ def bench_load(
     steps: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     failed: list[tuple[int, float]] = []
-    with _broker(broker) as url, tempfile.TemporaryDirectory(prefix="ddnn-load-") as tmp:
+    with broker_or_own(broker) as url, tempfile.TemporaryDirectory(prefix="ddnn-load-") as tmp:
         work = Path(tmp)
         ports = tuple(free_port() for _ in range(servers))
         procs: list[Process] = []

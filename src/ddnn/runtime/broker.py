@@ -15,6 +15,8 @@ import subprocess
 import tempfile
 import time
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
@@ -58,6 +60,16 @@ def parse_broker_url(url: str) -> tuple[str, int]:
     if port == 0 or not parts.hostname:
         raise DdnnError(f"broker URL {url!r} needs a host and a port in 1..65535, e.g. {example}")
     return parts.hostname, port or SCHEMES[parts.scheme]
+
+
+@contextmanager
+def broker_or_own(url: str | None) -> Iterator[str]:
+    """`url` when given, else the URL of a private broker started for this block's lifetime."""
+    if url:
+        yield url
+        return
+    with MosquittoBroker() as broker:
+        yield broker.url
 
 
 def find_mosquitto(binary: str | None = None) -> str:

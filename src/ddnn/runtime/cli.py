@@ -22,14 +22,12 @@ if TYPE_CHECKING:
 @contextmanager
 def _broker_url(url: str | None) -> Iterator[str]:
     """The given broker, or one started for this command's lifetime."""
-    if url:
-        yield url
-        return
-    from ddnn.runtime.broker import MosquittoBroker
+    from ddnn.runtime.broker import broker_or_own
 
-    with MosquittoBroker() as broker:
-        print(f"started Mosquitto for this command at {broker.url}", flush=True)
-        yield broker.url
+    with broker_or_own(url) as running:
+        if running != url:
+            print(f"started Mosquitto for this command at {running}", flush=True)
+        yield running
 
 
 @contextmanager
