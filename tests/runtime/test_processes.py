@@ -321,6 +321,30 @@ def test_a_device_that_never_sends_its_features_is_left_out(tiny_multiview, hub,
     assert len(asked) == 1  # asked once; never answered on the stale request
 
 
+def test_a_device_reporting_while_the_edge_waits_for_features_catches_up(
+    tiny_multiview, hub, tmp_path
+):
+    """dev0..dev2 report scores and never send features; dev3's scores arrive while the edge
+    waits for those features: dev3 gets the frame's answer (degraded), not an error."""
+    import time
+
+    run = with_local_threshold(tiny_multiview, tmp_path / "unsure", 0.0)
+    spec, doc = read_spec(run), read_spec_doc(run)
+    name = str(doc["name"])
+    silent = hub()
+    scores = encode_tensor(np.zeros(spec.num_classes, np.float32), Encoding.FLOAT32, name="scores")
+    with fused(run, hub, frame_deadline_ms=300) as infer:
+        for d in range(3):
+            request = Request(100 + d, name, 1, f"dev{d}", 0, 1, (scores,))
+            silent.publish(
+                request_topic(name, 1, f"dev{d}", prefix=EDGE_PREFIX), encode_frame(request)
+            )
+        time.sleep(0.4)  # scores fused at 0.3 s, features asked for, not sent: edge waits
+        (late,) = infer(0, [3])
+    assert late.status == "degraded" and late.predicted >= 0 and late.message == ""
+    assert late.total_ms < 1000
+
+
 def test_a_late_device_gets_its_frames_answer_at_once_and_catches_up(tiny_multiview, hub):
     with fused(tiny_multiview, hub, frame_deadline_ms=300) as infer:
         early = infer(0, range(3))

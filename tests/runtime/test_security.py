@@ -68,6 +68,7 @@ def test_acl_keeps_each_identity_to_its_topics():
 def test_access_files_are_private_and_checked(tmp_path):
     path = tmp_path / "a" / "dev0.json"
     BrokerAccess("mqtts://127.0.0.1:8883", "dev0", "pw", "ca.crt").save(path)
+    (tmp_path / "a" / "ca.crt").write_text("a CA\n")
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     loaded = BrokerAccess.load(path)
     assert loaded.ca_file == str(tmp_path / "a" / "ca.crt")  # relative to the file
@@ -94,6 +95,63 @@ def test_reprovisioning_keeps_passwords_and_the_ca(tmp_path):
     assert first.identities["dev0"][1] not in second.password_file.read_text()
     third = provision(tmp_path / "s", ["dev1"])
     assert "dev0" not in third.identities
+
+
+def test_roles_do_not_clash_and_new_names_keep_the_ca(tmp_path):
+    with pytest.raises(DdnnError, match="both a device and a edge"):
+        provision(tmp_path / "clash", ["edge", "dev1"])
+    first = provision(tmp_path / "s", ["dev0"])
+    ca = first.ca_file.read_bytes()
+    cert = first.cert_file.read_bytes()
+    again = provision(tmp_path / "s", ["dev0"], hostnames=["192.168.1.10"])
+    assert again.ca_file.read_bytes() == ca  # devices keep trusting the broker
+    assert again.cert_file.read_bytes() != cert  # a new certificate names the new address
+    assert again.share_group == first.share_group and again.share_group.startswith("ddnn-")
+
+
+def test_access_file_without_its_ca_is_a_clear_error(tmp_path):
+    BrokerAccess("mqtts://h:8883", "dev0", "pw", "ca.crt").save(tmp_path / "dev0.json")
+    with pytest.raises(DdnnError, match=r"ca_file .*ca\.crt does not exist; copy it"):
+        BrokerAccess.load(tmp_path / "dev0.json")
+
+
+def test_an_access_file_names_the_identity(tmp_path):
+    import argparse
+
+    from ddnn.runtime.cli import _identity
+
+    BrokerAccess("mqtt://h:1", "cam1", "pw").save(tmp_path / "cam1.json")
+    args = argparse.Namespace(auth=str(tmp_path / "cam1.json"), id=None)
+    assert _identity(args, "dev0") == "cam1"
+    with pytest.raises(DdnnError, match="differs from the access file's identity 'cam1'"):
+        _identity(argparse.Namespace(auth=args.auth, id="cam2"), "dev0")
+    assert _identity(argparse.Namespace(auth=None, id=None), "dev0") == "dev0"
+
+
+def test_a_device_in_the_servers_group_cannot_steal_requests(secure_broker, tiny_ddnn):
+    """Mosquitto gives a shared group's messages round-robin to its members and drops those a
+    member may not read; the servers' group is secret, so a device cannot join it."""
+    _, setup = secure_broker
+    with (
+        connect(setup, "server") as st,
+        connect(setup, "dev0") as d0,
+        connect(setup, "dev1") as d1,
+    ):
+        group = setup.access("server").share_group
+        server = InferenceServer(st, ModelDB([tiny_ddnn]), workers=1, group=group)
+        stolen: list[str] = []
+        d0.subscribe("$share/ddnn-servers/dd/q/+/+/+", lambda t, p: stolen.append(t))
+        requester = Requester(d1, "dev1")
+        try:
+            answers = []
+            for rid in range(1, 11):
+                topic, request = raw_request(tiny_ddnn, "dev1", rid)
+                pending, _ = requester.send(topic, request)
+                answers.append(requester.wait(rid, pending, 5.0))
+        finally:
+            requester.close()
+            server.close()
+    assert all(isinstance(a, Reply) for a in answers) and not stolen
 
 
 def test_wrong_credentials_plain_tcp_and_unknown_ca_are_refused(secure_broker):

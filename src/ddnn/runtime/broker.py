@@ -136,6 +136,7 @@ class MosquittoBroker:
         stop_timeout: float = 5.0,
         security: SecureSetup | None = None,
         host: str = LOOPBACK,
+        public_host: str | None = None,
     ) -> None:
         if port is not None and not 0 < port < 65536:
             raise DdnnError(f"broker port {port} is not in 1..65535")
@@ -143,6 +144,7 @@ class MosquittoBroker:
             raise DdnnError(f"max_packet_size={max_packet_size} is too small; use at least 64")
         self.binary = find_mosquitto(binary)
         self.host = host
+        self.public_host = public_host  # the name clients use (access files), if not host
         self.security = security
         self.port = port or free_port()
         self.max_packet_size = max_packet_size
@@ -202,7 +204,9 @@ class MosquittoBroker:
         self._wait_ready()
         logger.info("mosquitto pid %d listening on %s", self._proc.pid, self.url)
         if self.security is not None:
-            self.security.write_access_files(self.url)
+            scheme = self.url.split("://")[0]
+            host = self.public_host or self.url_host
+            self.security.write_access_files(f"{scheme}://{host}:{self.port}")
         return self
 
     def _config(self) -> str:
@@ -225,7 +229,8 @@ class MosquittoBroker:
         return "\n".join(lines) + "\n"
 
     def _security_lines(self) -> list[str]:
-        """Anonymous access on a private loopback broker; passwords, ACL and TLS when secure."""
+        """Anonymous access without `security` (meant for loopback: `ddnn broker` warns
+        otherwise); passwords, ACL and TLS with it."""
         sec = self.security
         if sec is None:
             return ["allow_anonymous true"]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ddnn.errors import DdnnError
 
 if TYPE_CHECKING:
+    from ddnn.runtime.security import BrokerAccess
     from ddnn.runtime.transport import Transport
 
 
@@ -48,6 +49,33 @@ def _connect(args: argparse.Namespace) -> Iterator[tuple[str, Transport]]:
         yield url, transport
 
 
+def _access(args: argparse.Namespace) -> BrokerAccess | None:
+    from ddnn.runtime.security import BrokerAccess
+
+    return BrokerAccess.load(args.auth) if args.auth else None
+
+
+def _share_group(args: argparse.Namespace) -> str:
+    """The servers' shared-subscription group: the secret one of a secure deployment."""
+    from ddnn.runtime.server import SERVER_GROUP
+
+    access = _access(args)
+    return access.share_group if access is not None and access.share_group else SERVER_GROUP
+
+
+def _identity(args: argparse.Namespace, default: str) -> str:
+    """`--id`, else the access file's username, else `default`; on a secure broker the two
+    must agree, or every publish would be refused by the ACL."""
+    access = _access(args)
+    user = access.username if access is not None else None
+    if args.id and user and args.id != user:
+        raise DdnnError(
+            f"--id {args.id} differs from the access file's identity {user!r}; the broker only "
+            f"lets {user} publish as {user} (drop --id, or use {args.id}'s access file)"
+        )
+    return args.id or user or default
+
+
 def _wait_for_signal(ready_file: str | None) -> None:
     """Block until SIGINT or SIGTERM; announce readiness first."""
     stop = threading.Event()
@@ -78,7 +106,7 @@ def _add_broker_option(p: argparse.ArgumentParser, auth: bool = True) -> None:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from ddnn.runtime.broker import MosquittoBroker
+    from ddnn.runtime.broker import DEFAULT_TLS_PORT, MosquittoBroker
 
     setup = None
     if args.secure:
@@ -87,12 +115,21 @@ def cmd_broker(args: argparse.Namespace) -> int:
         devices = _device_ids(args.devices)
         setup = provision(
             args.secure, devices, args.servers.split(","), args.edges.split(","),
-            tls=not args.no_tls, hostnames=[args.host],
+            tls=not args.no_tls, hostnames=[args.host, *filter(None, [args.public_host])],
             cert_file=args.cert, key_file=args.key, ca_file=args.ca,
         )  # fmt: skip
     elif args.cert or args.key or args.ca or args.no_tls:
         raise DdnnError("--cert, --key, --ca and --no-tls only apply with --secure DIR")
-    with MosquittoBroker(port=args.port, security=setup, host=args.host) as broker:
+    elif not args.host.startswith("127."):
+        print(
+            f"warning: anyone who can reach {args.host} may connect, read and publish: "
+            "there are no passwords, ACL or TLS without --secure DIR",
+            file=sys.stderr,
+        )
+    port = args.port or (DEFAULT_TLS_PORT if setup is not None and setup.tls else None)
+    with MosquittoBroker(
+        port=port, security=setup, host=args.host, public_host=args.public_host
+    ) as broker:
         print(f"Mosquitto listening at {broker.url} (Ctrl-C stops it)", flush=True)
         if setup is not None:
             print(
@@ -121,7 +158,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     with _connect(args) as (url, transport):
         server = InferenceServer(
             transport, db, args.workers, args.max_batch, args.max_wait_ms, args.queue_limit,
-            inline_when_idle=not args.no_inline,
+            inline_when_idle=not args.no_inline, group=_share_group(args),
         )  # fmt: skip
         http = MetricsServer(server.metrics, server.healthy, port=args.http_port)
         models = ", ".join(f"{n} v{v}" for n, v in sorted(db.models))
@@ -146,7 +183,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
     with _connect(args) as (url, transport):
         edge = EdgeAggregator(
             transport, args.run_dir, ids, args.frame_deadline_ms, args.upstream_deadline_ms,
-            identity=args.id,
+            identity=_identity(args, "edge"),
         )  # fmt: skip
         print(f"edge for {edge.model_name} v{edge.version} on {url}: devices {edge.device_ids}")
         try:
@@ -216,13 +253,20 @@ def cmd_device(args: argparse.Namespace) -> int:
     from ddnn.store.artifact import read_spec
 
     spec = read_spec(args.run_dir)
+    device_id = _identity(args, "dev0")
     records = []
     with (
         Path(args.records).open("w") if args.records else nullcontext() as out,
         _connect(args) as (_, transport),
     ):
         client = DeviceClient(
-            transport, args.run_dir, args.id, args.index, args.mode, args.deadline_ms, args.engine
+            transport,
+            args.run_dir,
+            device_id,
+            args.index,
+            args.mode,
+            args.deadline_ms,
+            args.engine,
         )
         try:
             inputs = list(_device_inputs(args, spec))
@@ -243,7 +287,7 @@ def cmd_device(args: argparse.Namespace) -> int:
             refused = transport.stats.get("publishes_refused", 0)
             if refused:
                 print(
-                    f"the broker refused {refused} publish(es) from {args.id}: this identity may "
+                    f"the broker refused {refused} publish(es) from {device_id}: this identity may "
                     "not publish there (the device id must match the access file's username)",
                     file=sys.stderr,
                 )
@@ -274,8 +318,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     p = sub.add_parser("broker", help="run Mosquitto with ddnn's settings (loopback by default)")
-    p.add_argument("--port", type=int, help="default: a free port")
+    p.add_argument("--port", type=int, help="default: 8883 with TLS, else a free port")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all)")
+    p.add_argument(
+        "--public-host", help="with --secure: the name clients reach the broker by (access files, "
+        "certificate); default: --host, or 127.0.0.1 for 0.0.0.0",
+    )  # fmt: skip
     p.add_argument(
         "--secure", metavar="DIR",
         help="passwords, ACL and TLS: generated in DIR (kept across restarts), access files in "
@@ -314,7 +362,9 @@ def register(sub: Any) -> None:
     p.add_argument("run_dir")
     _add_broker_option(p)
     p.add_argument("--devices", help="comma-separated device ids (default dev0..devN-1)")
-    p.add_argument("--id", default="edge", help="the edge's identity (its reply topic)")
+    p.add_argument(
+        "--id", help="the edge's identity, its reply topic (default: the access file's, or edge)"
+    )
     p.add_argument("--frame-deadline-ms", type=float, default=200.0)
     p.add_argument("--upstream-deadline-ms", type=float, default=2000.0)
     p.add_argument("--ready-file", help=argparse.SUPPRESS)
@@ -322,7 +372,7 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("device", help="an end device: local exit, offload when unsure")
     p.add_argument("run_dir")
-    p.add_argument("--id", default="dev0", help="device id (topics, replies)")
+    p.add_argument("--id", help="device id: topics, replies (default: the access file's, or dev0)")
     p.add_argument("--index", type=int, default=0, help="which device section / view")
     _add_broker_option(p)
     p.add_argument("--engine", default="torch", help="torch, onnx or c")

@@ -257,6 +257,9 @@ class EdgeAggregator:
     def _features_arrived(self, key: tuple[int, int], frame: Request, arrived: float) -> None:
         state = self._awaiting[key]
         index = self.index[frame.device_id]
+        if index not in state.requests:  # reported after the scores were fused: catches up
+            self._late(state, frame)
+            return
         if index not in state.asked or not any(t.name == "x" for t in frame.tensors):
             reply_error(
                 self.transport, self.metrics, frame, Status.BAD_INPUT,

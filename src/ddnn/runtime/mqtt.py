@@ -62,6 +62,14 @@ def _paho_log(client: paho.Client, userdata: Any, level: int, message: str) -> N
 
 
 def _configure_tls(client: paho.Client, tls: bool | Mapping[str, Any] | ssl.SSLContext) -> None:
+    try:
+        _apply_tls(client, tls)
+    except (OSError, ssl.SSLError) as exc:  # paho's own message names no file
+        files = {k: v for k, v in (tls.items() if isinstance(tls, Mapping) else ()) if v}
+        raise DdnnError(f"cannot set up TLS with {files or 'the system CAs'}: {exc}") from None
+
+
+def _apply_tls(client: paho.Client, tls: bool | Mapping[str, Any] | ssl.SSLContext) -> None:
     if isinstance(tls, ssl.SSLContext):
         client.tls_set_context(tls)
     elif tls is True:
@@ -271,6 +279,7 @@ class MqttTransport(Transport):
         """Keep the last few topics by packet id; only a refusal looks them up. No lock is held
         around paho's publish: its network thread calls on_publish with paho's own lock held."""
         recent = self._recent
+        recent.pop(mid, None)  # paho reuses packet ids: the newest publish goes to the end
         recent[mid] = topic
         while len(recent) > _RECENT:
             try:

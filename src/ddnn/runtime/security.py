@@ -44,10 +44,15 @@ class BrokerAccess:
     ca_file: str | None = None  # trust anchor for the broker's certificate (mqtts://)
     cert_file: str | None = None  # optional client certificate
     key_file: str | None = None
+    # servers only: the shared-subscription group. Secret, because Mosquitto hands a group's
+    # messages round-robin to every member and drops those a member may not read: a device
+    # that joined a guessable group would make the broker drop other devices' requests.
+    share_group: str | None = None
 
     @classmethod
     def load(cls, path: str | Path) -> BrokerAccess:
-        """Read an access file; relative certificate paths are relative to the file."""
+        """Read an access file; relative certificate paths are relative to the file, and must
+        exist."""
         path = Path(path)
         try:
             doc = json.loads(path.read_text())
@@ -70,6 +75,11 @@ class BrokerAccess:
         for key in ("ca_file", "cert_file", "key_file"):
             if doc.get(key):
                 doc[key] = str((path.parent / doc[key]).resolve())
+                if not Path(doc[key]).is_file():
+                    raise DdnnError(
+                        f"{path}: {key} {doc[key]} does not exist; copy it beside the access "
+                        "file (`ddnn broker --secure` writes access/ca.crt)"
+                    )
         return cls(**doc)
 
     def save(self, path: str | Path) -> None:
@@ -117,6 +127,7 @@ class SecureSetup:
     folder: Path
     identities: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (role, pw)
     tls: bool = True
+    share_group: str = ""  # the servers' secret shared-subscription group
     cert_file: Path | None = None
     key_file: Path | None = None
     ca_file: Path | None = None
@@ -150,8 +161,9 @@ class SecureSetup:
             ca = "ca.crt"
             if self.ca_file.resolve() != (folder / ca).resolve():
                 shutil.copyfile(self.ca_file, folder / ca)
-        for name, (_, password) in self.identities.items():
-            BrokerAccess(url, name, password, ca).save(self.access_file(name))
+        for name, (role, password) in self.identities.items():
+            group = self.share_group if role == "server" else None
+            BrokerAccess(url, name, password, ca, share_group=group).save(self.access_file(name))
 
     def access(self, name: str) -> BrokerAccess:
         return BrokerAccess.load(self.access_file(name))
@@ -179,11 +191,18 @@ def provision(
     os.chmod(root, 0o700)
     setup = SecureSetup(root, tls=tls)
     known = _read_identities(setup.identities_file)
-    wanted = {
-        **{n: "device" for n in devices},
-        **{n: "edge" for n in edges},
-        **{n: "server" for n in servers},
-    }
+    group_file = root / "share_group"
+    if not group_file.exists():
+        _private_write(group_file, f"ddnn-{secrets.token_hex(16)}\n")
+    setup.share_group = group_file.read_text().strip()
+    wanted: dict[str, str] = {}
+    for role, names in (("device", devices), ("edge", edges), ("server", servers)):
+        for name in names:
+            if wanted.setdefault(name, role) != role:
+                raise DdnnError(
+                    f"identity {name!r} is both a {wanted[name]} and a {role}: give each "
+                    "device, edge and server its own name"
+                )
     for name, role in wanted.items():
         check_identifier("identity", name)
         setup.identities[name] = (role, known.get(name) or secrets.token_urlsafe(24))
@@ -276,16 +295,16 @@ def _tls_material(
         tls_dir / "server.key",
     )
     names = sorted({"localhost", "127.0.0.1", socket.gethostname(), *hostnames} - {"0.0.0.0"})
-    if all(p.exists() for p in (setup.ca_file, setup.cert_file, setup.key_file)) and set(
-        names
-    ) <= set(_certificate_names(setup.cert_file)):
-        return  # keep the CA the devices already trust
+    if setup.cert_file.exists() and _certificate_covers(setup.cert_file, names):
+        return
     generate_tls(tls_dir, names)
 
 
 def generate_tls(folder: Path, hostnames: list[str]) -> None:
-    """A private CA and a broker certificate for `hostnames` (IPs or DNS names): enough for
-    tests and a home network; docs/security.md says how to use real certificates."""
+    """A broker certificate for `hostnames` (IPs or DNS names), signed by the folder's private
+    CA, which is created only once: devices keep trusting it when the certificate is renewed or
+    gains a name. Enough for tests and a home network; docs/security.md says how to use real
+    certificates."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -293,22 +312,35 @@ def generate_tls(folder: Path, hostnames: list[str]) -> None:
 
     folder.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ddnn private CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=_CERT_DAYS))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), True
+    pem = serialization.Encoding.PEM
+    pkcs8 = serialization.PrivateFormat.PKCS8
+    ca_key_file, ca_file = folder / "ca.key", folder / "ca.crt"
+    if ca_key_file.exists() and ca_file.exists():
+        ca_key = serialization.load_pem_private_key(ca_key_file.read_bytes(), password=None)
+        if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+            raise DdnnError(
+                f"{ca_key_file} is not the EC key ddnn made; move it away to start over"
+            )
+        ca = x509.load_pem_x509_certificate(ca_file.read_bytes())
+    else:
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ddnn private CA")])
+        ca = (
+            x509.CertificateBuilder()
+            .subject_name(ca_name)
+            .issuer_name(ca_name)
+            .public_key(ca_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=10 * 365))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False), True
+            )
+            .sign(ca_key, hashes.SHA256())
         )
-        .sign(ca_key, hashes.SHA256())
-    )
+        _private_write(ca_key_file, ca_key.private_bytes(pem, pkcs8, serialization.NoEncryption()))
+        ca_file.write_bytes(ca.public_bytes(pem))
     key = ec.generate_private_key(ec.SECP256R1())
     alt: list[x509.GeneralName] = []
     for name in hostnames:
@@ -319,7 +351,7 @@ def generate_tls(folder: Path, hostnames: list[str]) -> None:
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])]))
-        .issuer_name(ca_name)
+        .issuer_name(ca.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
@@ -328,23 +360,25 @@ def generate_tls(folder: Path, hostnames: list[str]) -> None:
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    pem = serialization.Encoding.PEM
-    (folder / "ca.crt").write_bytes(ca.public_bytes(pem))
     (folder / "server.crt").write_bytes(cert.public_bytes(pem))
-    for path, k in ((folder / "ca.key", ca_key), (folder / "server.key", key)):
-        pkcs8 = serialization.PrivateFormat.PKCS8
-        _private_write(path, k.private_bytes(pem, pkcs8, serialization.NoEncryption()))
-    log.info("generated a private CA and a broker certificate for %s in %s", hostnames, folder)
+    _private_write(
+        folder / "server.key", key.private_bytes(pem, pkcs8, serialization.NoEncryption())
+    )
+    log.info("broker certificate for %s signed by the CA in %s", hostnames, folder)
 
 
-def _certificate_names(path: Path) -> list[str]:
+def _certificate_covers(path: Path, names: list[str]) -> bool:
+    """Whether the certificate names all of `names` and stays valid for another 30 days."""
     from cryptography import x509
 
     cert = x509.load_pem_x509_certificate(path.read_bytes())
+    soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=30)
+    if cert.not_valid_after_utc < soon:
+        return False
     try:
         alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
-        return []
-    return [str(v) for v in alt.get_values_for_type(x509.IPAddress)] + list(
-        alt.get_values_for_type(x509.DNSName)
-    )
+        return False
+    have = [str(v) for v in alt.get_values_for_type(x509.IPAddress)]
+    have += list(alt.get_values_for_type(x509.DNSName))
+    return set(names) <= set(have)

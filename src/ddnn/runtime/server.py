@@ -98,6 +98,7 @@ class InferenceServer:
         queue_limit: int = 1024,
         metrics: Metrics | None = None,
         inline_when_idle: bool = True,
+        group: str = SERVER_GROUP,
     ) -> None:
         self.transport = transport
         self.inline_when_idle = inline_when_idle
@@ -122,9 +123,7 @@ class InferenceServer:
         for name, _version in db.models:
             sections = len(db.models[(name, _version)].spec.sections)
             for section in range(sections):
-                transport.subscribe(
-                    request_filter(name, section, group=SERVER_GROUP), self._on_message
-                )
+                transport.subscribe(request_filter(name, section, group=group), self._on_message)
 
     def healthy(self) -> bool:
         return not self._stop.is_set() and all(t.is_alive() for t in self._threads)
@@ -183,25 +182,29 @@ class InferenceServer:
                 first = self._queue.get(timeout=0.1)
             except queue.Empty:
                 continue
-            items = [first]
-            deadline = time.perf_counter() + self.max_wait
-            while len(items) < self.max_batch:
-                remaining = deadline - time.perf_counter()
-                try:
-                    items.append(
-                        self._queue.get(timeout=remaining)
-                        if remaining > 0
-                        else self._queue.get_nowait()
-                    )
-                except queue.Empty:
-                    break
-            with self._busy_lock:
+            with self._busy_lock:  # busy from here: a request arriving now joins this batch
                 self._busy += 1
             try:
-                self._run_batch(items)
+                self._collect_and_run(first)
             finally:
                 with self._busy_lock:
                     self._busy -= 1
+
+    def _collect_and_run(self, first: _Item) -> None:
+        """Batch `first` with what is queued (waiting up to `max_wait` for company), run it."""
+        items = [first]
+        deadline = time.perf_counter() + self.max_wait
+        while len(items) < self.max_batch:
+            remaining = deadline - time.perf_counter()
+            try:
+                items.append(
+                    self._queue.get(timeout=remaining)
+                    if remaining > 0
+                    else self._queue.get_nowait()
+                )
+            except queue.Empty:
+                break
+        self._run_batch(items)
 
     def _run_batch(self, items: list[_Item]) -> None:
         try:
