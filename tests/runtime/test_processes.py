@@ -54,12 +54,14 @@ def samples(n: int = 24):
 
 
 @contextmanager
-def fused(run, hub, frame_deadline_ms: float):
+def fused(run, hub, frame_deadline_ms: float, upstream_deadline_ms: float = 2000.0):
     """Server, edge and one client per device of a multi-device model, in one process; yields
     `infer(frame, devices)`: the given devices report sample `frame` together."""
     spec = read_spec(run)
     server = InferenceServer(hub(), ModelDB([run]), workers=1)
-    edge = EdgeAggregator(hub(), run, frame_deadline_ms=frame_deadline_ms)
+    edge = EdgeAggregator(
+        hub(), run, frame_deadline_ms=frame_deadline_ms, upstream_deadline_ms=upstream_deadline_ms
+    )
     clients = [
         DeviceClient(hub(), run, f"dev{i}", i, deadline_ms=5000) for i in range(spec.devices)
     ]
@@ -343,6 +345,18 @@ def test_a_device_reporting_while_the_edge_waits_for_features_catches_up(
         (late,) = infer(0, [3])
     assert late.status == "degraded" and late.predicted >= 0 and late.message == ""
     assert late.total_ms < 1000
+
+
+def test_frame_ids_reused_long_after_are_a_new_event(tiny_multiview, hub):
+    """Devices that restart number their frames from 0 again: long after the late window, a
+    known frame id is a new event, not a late report of the old one."""
+    import time
+
+    with fused(tiny_multiview, hub, frame_deadline_ms=100, upstream_deadline_ms=100) as infer:
+        first = infer(0, range(4))
+        time.sleep(1.5)  # the late window: 2 x 0.1 + 0.1 + 1 s
+        again = infer(0, range(4))
+    assert all(r.status == "ok" for r in first + again)
 
 
 def test_a_late_device_gets_its_frames_answer_at_once_and_catches_up(tiny_multiview, hub):

@@ -101,6 +101,8 @@ class EdgeAggregator:
         self.metrics = metrics or Metrics()
         self.frame_deadline = frame_deadline_ms / 1000.0
         self.upstream_deadline = upstream_deadline_ms / 1000.0
+        # a report for an answered frame counts as late within this window, as new after it
+        self.late_window = 2 * self.frame_deadline + self.upstream_deadline + 1.0
         self.requester = Requester(transport, identity)
         self._inbox: queue.Queue[tuple[str, bytes, float] | None] = queue.Queue()
         self._frames: dict[tuple[int, int], _Frame] = {}  # collecting scores
@@ -180,9 +182,12 @@ class EdgeAggregator:
         if key in self._awaiting:
             self._features_arrived(key, frame, arrived)
             return
-        if key in self._dispatched:
-            self._late(self._dispatched[key], frame)
+        done = self._dispatched.get(key)
+        if done is not None and arrived - done.opened <= self.late_window:
+            self._late(done, frame)
             return
+        if done is not None:  # long after: a device that restarted its frame ids, a new event
+            del self._dispatched[key]
         if frame.section == 1 and not any(t.name == "scores" for t in frame.tensors):
             reply_error(
                 self.transport, self.metrics, frame, Status.BAD_INPUT,
