@@ -121,11 +121,11 @@ def test_an_access_file_names_the_identity(tmp_path):
     from ddnn.runtime.cli import _identity
 
     BrokerAccess("mqtt://h:1", "cam1", "pw").save(tmp_path / "cam1.json")
-    args = argparse.Namespace(auth=str(tmp_path / "cam1.json"), id=None)
-    assert _identity(args, "dev0") == "cam1"
+    access = BrokerAccess.load(tmp_path / "cam1.json")
+    assert _identity(argparse.Namespace(id=None), access, "dev0") == "cam1"
     with pytest.raises(DdnnError, match="differs from the access file's identity 'cam1'"):
-        _identity(argparse.Namespace(auth=args.auth, id="cam2"), "dev0")
-    assert _identity(argparse.Namespace(auth=None, id=None), "dev0") == "dev0"
+        _identity(argparse.Namespace(id="cam2"), access, "dev0")
+    assert _identity(argparse.Namespace(id=None), None, "dev0") == "dev0"
 
 
 def test_a_device_in_the_servers_group_cannot_steal_requests(secure_broker, tiny_ddnn):

@@ -156,9 +156,12 @@ class MosquittoBroker:
 
     @property
     def url(self) -> str:
-        """What clients connect to: mqtts:// when the broker speaks TLS."""
+        """What clients on this machine connect to: mqtts:// when the broker speaks TLS."""
+        return self._url_for(self.url_host)
+
+    def _url_for(self, host: str) -> str:
         scheme = "mqtts" if self.security is not None and self.security.tls else "mqtt"
-        return f"{scheme}://{self.url_host}:{self.port}"
+        return f"{scheme}://{host}:{self.port}"
 
     @property
     def url_host(self) -> str:
@@ -204,9 +207,7 @@ class MosquittoBroker:
         self._wait_ready()
         logger.info("mosquitto pid %d listening on %s", self._proc.pid, self.url)
         if self.security is not None:
-            scheme = self.url.split("://")[0]
-            host = self.public_host or self.url_host
-            self.security.write_access_files(f"{scheme}://{host}:{self.port}")
+            self.security.write_access_files(self._url_for(self.public_host or self.url_host))
         return self
 
     def _config(self) -> str:

@@ -20,53 +20,37 @@ if TYPE_CHECKING:
     from ddnn.runtime.transport import Transport
 
 
-@contextmanager
-def _broker_url(url: str | None) -> Iterator[str]:
-    """The given broker, or one started for this command's lifetime."""
-    from ddnn.runtime.broker import broker_or_own
-
-    with broker_or_own(url) as running:
-        if running != url:
-            print(f"started Mosquitto for this command at {running}", flush=True)
-        yield running
-
-
-@contextmanager
-def _connect(args: argparse.Namespace) -> Iterator[tuple[str, Transport]]:
-    """A transport to the broker named by --auth (an access file) or --broker, or to one
-    started for this command's lifetime."""
-    from ddnn.runtime.transport import create_transport
-
-    if args.auth:
-        from ddnn.runtime.security import BrokerAccess
-
-        access = BrokerAccess.load(args.auth)
-        url = args.broker or access.url
-        with create_transport(url, **access.transport_kwargs()) as transport:
-            yield url, transport
-        return
-    with _broker_url(args.broker) as url, create_transport(url) as transport:
-        yield url, transport
-
-
 def _access(args: argparse.Namespace) -> BrokerAccess | None:
+    """The access file named by --auth, read once per command."""
     from ddnn.runtime.security import BrokerAccess
 
     return BrokerAccess.load(args.auth) if args.auth else None
 
 
-def _share_group(args: argparse.Namespace) -> str:
-    """The servers' shared-subscription group: the secret one of a secure deployment."""
-    from ddnn.runtime.server import SERVER_GROUP
+@contextmanager
+def _connect(
+    args: argparse.Namespace, access: BrokerAccess | None
+) -> Iterator[tuple[str, Transport]]:
+    """A transport to the broker named by the access file or --broker, or to one started for
+    this command's lifetime."""
+    from ddnn.runtime.broker import broker_or_own
+    from ddnn.runtime.transport import create_transport
 
-    access = _access(args)
-    return access.share_group if access is not None and access.share_group else SERVER_GROUP
+    if access is not None:
+        url = args.broker or access.url
+        with create_transport(url, **access.transport_kwargs()) as transport:
+            yield url, transport
+        return
+    with broker_or_own(args.broker) as url:
+        if url != args.broker:
+            print(f"started Mosquitto for this command at {url}", flush=True)
+        with create_transport(url) as transport:
+            yield url, transport
 
 
-def _identity(args: argparse.Namespace, default: str) -> str:
+def _identity(args: argparse.Namespace, access: BrokerAccess | None, default: str) -> str:
     """`--id`, else the access file's username, else `default`; on a secure broker the two
     must agree, or every publish would be refused by the ACL."""
-    access = _access(args)
     user = access.username if access is not None else None
     if args.id and user and args.id != user:
         raise DdnnError(
@@ -152,13 +136,16 @@ def _device_ids(text: str) -> list[str]:
 def cmd_serve(args: argparse.Namespace) -> int:
     _one_thread_per_worker()
     from ddnn.runtime.metrics import MetricsServer
-    from ddnn.runtime.server import InferenceServer, ModelDB
+    from ddnn.runtime.server import SERVER_GROUP, InferenceServer, ModelDB
 
     db = ModelDB(args.run_dirs)
-    with _connect(args) as (url, transport):
+    access = _access(args)
+    # on a secure broker the servers' shared-subscription group is the access file's secret one
+    group = access.share_group if access is not None and access.share_group else SERVER_GROUP
+    with _connect(args, access) as (url, transport):
         server = InferenceServer(
             transport, db, args.workers, args.max_batch, args.max_wait_ms, args.queue_limit,
-            inline_when_idle=not args.no_inline, group=_share_group(args),
+            inline_when_idle=not args.no_inline, group=group,
         )  # fmt: skip
         http = MetricsServer(server.metrics, server.healthy, port=args.http_port)
         models = ", ".join(f"{n} v{v}" for n, v in sorted(db.models))
@@ -180,10 +167,11 @@ def cmd_edge(args: argparse.Namespace) -> int:
     from ddnn.runtime.edge import EdgeAggregator
 
     ids = args.devices.split(",") if args.devices else None
-    with _connect(args) as (url, transport):
+    access = _access(args)
+    with _connect(args, access) as (url, transport):
         edge = EdgeAggregator(
             transport, args.run_dir, ids, args.frame_deadline_ms, args.upstream_deadline_ms,
-            identity=_identity(args, "edge"),
+            identity=_identity(args, access, "edge"),
         )  # fmt: skip
         print(f"edge for {edge.model_name} v{edge.version} on {url}: devices {edge.device_ids}")
         try:
@@ -253,11 +241,12 @@ def cmd_device(args: argparse.Namespace) -> int:
     from ddnn.store.artifact import read_spec
 
     spec = read_spec(args.run_dir)
-    device_id = _identity(args, "dev0")
+    access = _access(args)
+    device_id = _identity(args, access, "dev0")
     records = []
     with (
         Path(args.records).open("w") if args.records else nullcontext() as out,
-        _connect(args) as (_, transport),
+        _connect(args, access) as (_, transport),
     ):
         client = DeviceClient(
             transport,
