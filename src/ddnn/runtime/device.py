@@ -148,7 +148,6 @@ class DeviceClient:
         the same frame and wait for the answer in what is left of the deadline."""
         prefix = EDGE_PREFIX if self.multi else "dd"
         topic = request_topic(self.model_name, section, self.device_id, prefix=prefix)
-        local_pred = local.predicted if local is not None else -1
         frame_bytes = packet_bytes = 0
         answer: Reply | ErrorFrame | None = None
         for attempt in (tensors, (features,) if features is not None else None):
@@ -172,7 +171,7 @@ class DeviceClient:
                 break
             # the fused local exit (all devices' scores) beats this device's own as a fallback
             local = Answer(answer.predicted, 0, answer.entropy, False)
-            local_pred = answer.predicted
+        local_pred = local.predicted if local is not None else -1
         total_ms = (time.perf_counter() - t0) * 1000
         if answer is None:
             return self._fallback(

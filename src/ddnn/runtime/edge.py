@@ -59,7 +59,6 @@ class _Frame:
     opened: float
     # index -> (the device's latest request, when it arrived): replies answer the latest one
     requests: dict[int, tuple[Request, float]] = field(default_factory=dict)
-    local: int = -1  # the fused local exit's prediction, reported to the devices
     fused: Answer | None = None  # the fused local exit's answer, once decided
     asked: set[int] = field(default_factory=set)  # devices asked for features, not yet sent
     asked_at: float = 0.0
@@ -69,6 +68,11 @@ class _Frame:
     late: list[Request] = field(default_factory=list)
     respond: Callable[[Request], None] | None = None  # set once the frame is answered
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def local(self) -> int:
+        """The fused local exit's prediction, reported to the devices (-1: none, server-only)."""
+        return self.fused.predicted if self.fused is not None else -1
 
 
 class EdgeAggregator:
@@ -255,9 +259,7 @@ class EdgeAggregator:
                 del state.requests[i]  # already answered (FEATURES); a late report catches up
             state.missing += tuple(self.device_ids[i] for i in sorted(state.asked))
             state.asked = set()
-            self._mark_dispatched(state)
-            assert state.fused is not None
-            self._upper(state, state.fused, time.perf_counter())
+            self._features_done(state)
 
     def _features_arrived(self, key: tuple[int, int], frame: Request, arrived: float) -> None:
         state = self._awaiting[key]
@@ -275,9 +277,13 @@ class EdgeAggregator:
         state.asked.discard(index)
         if not state.asked:
             del self._awaiting[key]
-            self._mark_dispatched(state)
-            assert state.fused is not None
-            self._upper(state, state.fused, time.perf_counter())
+            self._features_done(state)
+
+    def _features_done(self, state: _Frame) -> None:
+        """All asked features came, or their deadline passed: on to the upper sections."""
+        self._mark_dispatched(state)
+        assert state.fused is not None
+        self._upper(state, state.fused, time.perf_counter())
 
     def _names(self, indices: set[int]) -> str:
         return ", ".join(self.device_ids[i] for i in sorted(indices))
@@ -310,7 +316,7 @@ class EdgeAggregator:
                 torch.from_numpy(scores)[None], torch.from_numpy(present)[None]
             ).numpy()  # [1, C]
         local = decide(self.model, 0, fused)[0]
-        state.local, state.fused = local.predicted, local
+        state.fused = local
         if local.confident:
             self._mark_dispatched(state)
             self._answer(state, local, start, time.perf_counter())
