@@ -21,10 +21,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ddnn.bench.load import rss_mb
 from ddnn.data.datasets import create_dataset
 from ddnn.data.views import device_view
 from ddnn.runtime.client import Requester
 from ddnn.runtime.device import DeviceClient, Record
+from ddnn.runtime.metrics import parse_samples
 from ddnn.runtime.mqtt import MqttTransport
 from ddnn.runtime.processes import Process
 from ddnn.runtime.server import InferenceServer, ModelDB
@@ -110,10 +112,7 @@ def metrics_of(server: Process) -> dict[str, float]:
     found = re.search(r"metrics (http://\S+/metrics)", server.log_path.read_text())
     assert found, f"{server.name} did not print its metrics URL:\n{server.tail()}"
     text = urllib.request.urlopen(found.group(1), timeout=5).read().decode()
-    return {
-        name: float(value)
-        for name, value in re.findall(r"^(ddnn_\S+) (\S+)$", text, flags=re.MULTILINE)
-    }
+    return parse_samples(text)
 
 
 def replies_sent(server: Process) -> float:
@@ -123,8 +122,7 @@ def replies_sent(server: Process) -> float:
 
 
 def rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return int(next(x for x in f if x.startswith("VmRSS:")).split()[1])
+    return round(rss_mb(pid) * 1024)  # /proc reports kB: exact
 
 
 def check_each_frame_once(records: list[dict], devices: Iterable[str], frames: int) -> None:

@@ -39,6 +39,7 @@ import numpy as np
 
 from ddnn.errors import DdnnError
 from ddnn.runtime.broker import broker_or_own, free_port
+from ddnn.runtime.metrics import parse_samples
 from ddnn.runtime.processes import Process
 
 log = logging.getLogger(__name__)
@@ -266,20 +267,16 @@ def child_pid(command: str) -> int | None:
 def server_counters(ports: Sequence[int]) -> dict[str, float]:
     """The serve processes' metrics from their Prometheus endpoints, summed over labels and
     processes (per-code error counts also as `errors_<code>`)."""
-    text = ""
+    out: dict[str, float] = {}
     for port in ports:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-            text += resp.read().decode() + "\n"
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        name_labels, value = line.rsplit(" ", 1)
-        name = name_labels.split("{", 1)[0]
-        if "{" in name_labels and name == "ddnn_errors_total":
-            code = name_labels.split('code="', 1)[1].split('"', 1)[0]
-            out[f"errors_{code}"] = out.get(f"errors_{code}", 0.0) + float(value)
-        out[name] = out.get(name, 0.0) + float(value)
+            samples = parse_samples(resp.read().decode())
+        for key, value in samples.items():
+            name = key.split("{", 1)[0]
+            if "{" in key and name == "ddnn_errors_total":
+                code = key.split('code="', 1)[1].split('"', 1)[0]
+                out[f"errors_{code}"] = out.get(f"errors_{code}", 0.0) + value
+            out[name] = out.get(name, 0.0) + value
     return out
 
 

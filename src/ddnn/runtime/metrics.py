@@ -76,6 +76,18 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
+def parse_samples(text: str) -> dict[str, float]:
+    """Samples of a Prometheus text exposition, keyed as written (`name{labels}`); for
+    benchmarks and tests that scrape a server."""
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        key, value = line.rsplit(" ", 1)
+        samples[key] = float(value)
+    return samples
+
+
 class MetricsServer:
     """Serves /metrics and /healthz on a loopback port (0 picks a free one)."""
 
