@@ -111,7 +111,7 @@ class InferenceServer:
         self._stop = threading.Event()
         self._seen: OrderedDict[tuple[str, int], None] = OrderedDict()  # duplicate filter
         self._seen_lock = threading.Lock()
-        self._busy = 0  # workers inside _process; read on the transport thread
+        self._busy = 0  # workers collecting or running a batch; read on the transport thread
         self._busy_lock = threading.Lock()
         self._last_read = 0.0  # when the transport thread last became free for a message
         self._threads = [
