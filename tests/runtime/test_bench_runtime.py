@@ -12,4 +12,8 @@ def test_bench_runtime_measures_everything_in_one_run(tiny_ddnn):
     assert r["bytes"]["mqtt_packet"] > r["bytes"]["frame"]
     assert [s["devices"] for s in r["throughput"]["sweep"]] == [1, 2]
     assert all(s["requests_per_s"] > 0 for s in r["throughput"]["sweep"])
+    # every party's CPU is accounted; the server did work and the ratio per CPU-second is set
+    sweep = r["throughput"]["sweep"]
+    assert all(s["server_cpu_pct"] > 0 and s["machine_cpu_pct"] > 0 for s in sweep)
+    assert r["throughput"]["per_cpu_ratio"] > 0
     assert "ratio" in bench_runtime_text(r)

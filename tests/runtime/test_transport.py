@@ -9,6 +9,7 @@ from ddnn.runtime.transport import (
     SubscriptionTable,
     check_publish,
     create_transport,
+    filters_overlap,
     max_payload_for,
     publish_packet_size,
     split_shared,
@@ -100,6 +101,23 @@ def test_subscription_table_round_robin_and_overlaps() -> None:
     table.remove_owner("mon")
     assert [o for o, _ in table.route("q/1")] in (["w1"], ["w3"])
     assert table.route("other") == []
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "overlap"),
+    [
+        ("dd/a/dev0", "dd/a/dev1", False),
+        ("dd/a/dev0", "dd/a/+", True),
+        ("dd/a/+", "dd/q/+", False),
+        ("dd/#", "dd/q/m/1/x", True),
+        ("dd/a/#", "dd/a", True),  # '#' also matches its parent level
+        ("dd/a", "dd/a/b", False),
+        ("$share/g/dd/q/m/1/+", "$share/g/dd/q/m/2/+", False),
+        ("$share/g/dd/q/m/1/+", "dd/q/#", True),
+    ],
+)
+def test_filters_overlap(a: str, b: str, overlap: bool) -> None:
+    assert filters_overlap(a, b) is overlap and filters_overlap(b, a) is overlap
 
 
 def test_create_transport_lists_valid_schemes() -> None:

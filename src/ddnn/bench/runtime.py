@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as paho
 
+from ddnn.bench.load import cpu_seconds, machine_cpu
 from ddnn.bench.offload import offload_request, offload_shape
 from ddnn.runtime.broker import MosquittoBroker
 from ddnn.runtime.client import Requester
@@ -94,11 +95,18 @@ def framework_rtt(url: str, run_dir: str, repeats: int) -> tuple[list[float], in
 
 
 def throughput(
-    url: str, run_dir: str, devices: int, seconds: float, window: int, logs: Path
+    url: str,
+    run_dir: str,
+    devices: int,
+    seconds: float,
+    window: int,
+    logs: Path,
+    broker_pid: int,
 ) -> dict[str, float]:
     """`devices` clients in this process, each keeping `window` requests in flight for
     `seconds`, against `ddnn serve` in its own process (as deployed: no GIL shared with the
-    load generator)."""
+    load generator). CPU is accounted per party (% of one core), because on a small machine
+    the load generator and the broker compete with the server for the same cores."""
     doc = read_spec_doc(run_dir)
     name, version = str(doc["name"]), int(doc["version"])
     shape = offload_shape(load_model(run_dir))
@@ -122,9 +130,11 @@ def throughput(
 
         try:
             with ThreadPoolExecutor(devices * window) as pool:
+                before = _cpu_now(server.proc.pid, broker_pid)
                 t0 = time.perf_counter()
                 results = list(pool.map(loop, range(devices * window)))
                 elapsed = time.perf_counter() - t0
+                used = _cpu_now(server.proc.pid, broker_pid) - before
         finally:
             for r, t in zip(requesters, transports, strict=True):
                 r.close()
@@ -132,28 +142,42 @@ def throughput(
     finally:
         server.stop()
     lat = [x for part in results for x in part]
+    server_cpu_s = float(used[0])
     return {
         "devices": devices,
         "in_flight": devices * window,
         "requests_per_s": len(lat) / elapsed,
         "p50_ms": float(np.percentile(lat, 50)),
         "p95_ms": float(np.percentile(lat, 95)),
+        "server_cpu_pct": 100 * server_cpu_s / elapsed,
+        "broker_cpu_pct": 100 * float(used[1]) / elapsed,
+        "generator_cpu_pct": 100 * float(used[2]) / elapsed,
+        "machine_cpu_pct": 100 * float(used[3]) / elapsed,
+        "requests_per_server_cpu_s": len(lat) / max(server_cpu_s, 1e-9),
     }
 
 
-def in_process_throughput(run_dir: str, batch: int, seconds: float) -> float:
-    """Samples/s of the same section called directly with full batches: the ceiling (torch with
-    its default threads, all cores)."""
+def _cpu_now(server_pid: int, broker_pid: int) -> np.ndarray:
+    """CPU seconds so far: [server process, broker, this process (the load generator), all
+    cores busy]."""
+    return np.array(
+        [cpu_seconds(server_pid), cpu_seconds(broker_pid), time.process_time(), machine_cpu()]
+    )
+
+
+def in_process_throughput(run_dir: str, batch: int, seconds: float) -> tuple[float, float]:
+    """(samples/s, samples per CPU-second) of the same section called directly with full
+    batches: the ceiling (torch with its default threads, all cores)."""
     model = load_model(run_dir)
     ex = SectionExecutor(model)
     shape = ex.input_shape(1)
     x = np.where(np.random.default_rng(0).standard_normal((batch, *shape)) >= 0, 1.0, -1.0)
     ex.run(1, x.astype(np.float32), None)  # warm-up
-    n, t0 = 0, time.perf_counter()
+    n, t0, cpu0 = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - t0 < seconds:
         ex.run(1, x.astype(np.float32), None)
         n += batch
-    return n / (time.perf_counter() - t0)
+    return n / (time.perf_counter() - t0), n / max(time.process_time() - cpu0, 1e-9)
 
 
 _RTT_ROUNDS = 5
@@ -163,6 +187,7 @@ def bench_runtime(
     run_dir: str, repeats: int = 300, seconds: float = 5.0, max_devices: int = 8
 ) -> dict[str, Any]:
     with MosquittoBroker() as broker, tempfile.TemporaryDirectory() as logs:
+        assert broker.pid is not None  # started by the `with`
         # interleaved blocks, so that a burst of load from elsewhere on a shared machine hits
         # both sides of the ratio alike
         fw: list[float] = []
@@ -174,12 +199,13 @@ def bench_runtime(
             fw += times
             echo += bare_echo_rtt(broker.port, b"\x00" * frame_bytes, len(times))
         sweep = [
-            throughput(broker.url, run_dir, d, seconds, 4, Path(logs))
+            throughput(broker.url, run_dir, d, seconds, 4, Path(logs), broker.pid)
             for d in (1, 2, 4, 8)
             if d <= max_devices
         ]
-    ceiling = in_process_throughput(run_dir, 64, seconds)
+    ceiling, ceiling_per_cpu = in_process_throughput(run_dir, 64, seconds)
     best = max(s["requests_per_s"] for s in sweep)
+    best_per_cpu = max(s["requests_per_server_cpu_s"] for s in sweep)
     return {
         "model": read_spec_doc(run_dir)["name"],
         "round_trip": {
@@ -202,6 +228,10 @@ def bench_runtime(
             "in_process_batched_per_s": ceiling,
             "ratio": best / ceiling,
             "target": 0.5,
+            # the server's own efficiency, whatever the load generator and broker take
+            "server_per_cpu_s": best_per_cpu,
+            "in_process_per_cpu_s": ceiling_per_cpu,
+            "per_cpu_ratio": best_per_cpu / ceiling_per_cpu,
             "sweep": sweep,
         },
     }
@@ -221,13 +251,17 @@ def bench_runtime_text(r: dict[str, Any]) -> str:
         f"throughput: server {th['server_best_per_s']:.0f}/s vs in-process batched forward "
         f"{th['in_process_batched_per_s']:.0f}/s: ratio {th['ratio']:.2f} "
         f"(target >= {th['target']})",
+        f"per CPU-second: server process {th['server_per_cpu_s']:.0f} requests vs in-process "
+        f"{th['in_process_per_cpu_s']:.0f} samples: ratio {th['per_cpu_ratio']:.2f}",
         "",
-        "| devices | requests in flight | requests/s | p50 ms | p95 ms |",
-        "|---|---|---|---|---|",
+        "| devices | requests in flight | requests/s | p50 ms | p95 ms | CPU % server / broker / "
+        "load generator / machine |",
+        "|---|---|---|---|---|---|",
     ]
     lines += [
         f"| {s['devices']} | {s['in_flight']} | {s['requests_per_s']:.0f} | {s['p50_ms']:.2f} | "
-        f"{s['p95_ms']:.2f} |"
+        f"{s['p95_ms']:.2f} | {s['server_cpu_pct']:.0f} / {s['broker_cpu_pct']:.0f} / "
+        f"{s['generator_cpu_pct']:.0f} / {s['machine_cpu_pct']:.0f} |"
         for s in th["sweep"]
     ]
     return "\n".join(lines)

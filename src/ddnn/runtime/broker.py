@@ -173,6 +173,11 @@ class MosquittoBroker:
         return self._proc is not None and self._proc.poll() is None
 
     @property
+    def pid(self) -> int | None:
+        """The mosquitto process, while running (benchmarks read its CPU time)."""
+        return self._proc.pid if self.running and self._proc is not None else None
+
+    @property
     def log_path(self) -> Path | None:
         return self._dir / "mosquitto.log" if self._dir else None
 

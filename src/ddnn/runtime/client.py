@@ -51,16 +51,17 @@ class Requester:
     def send(self, topic: str, request: Request) -> tuple[Pending, Sent]:
         """Publish; the returned Pending is completed by the reply (see `wait`)."""
         payload = encode_frame(request)
+        sent = Sent(len(payload), publish_packet_size(topic, len(payload)))
         pending = Pending(time.perf_counter())
         with self._lock:
             self._pending[request.request_id] = pending
-        try:
+        try:  # the last thing before the caller waits: paho's thread sends once it has the GIL
             self.transport.publish(topic, payload)
         except DdnnError:
             with self._lock:
                 self._pending.pop(request.request_id, None)
             raise
-        return pending, Sent(len(payload), publish_packet_size(topic, len(payload)))
+        return pending, sent
 
     def wait(
         self, request_id: int, pending: Pending, timeout_s: float

@@ -42,10 +42,10 @@ from ddnn.runtime.wire import (
     decode_tensor,
     encode_frame,
     encode_tensor,
-    parse_request_topic,
     reply_topic,
     request_filter,
     request_topic,
+    topic_of,
 )
 from ddnn.store.artifact import load_model, read_spec_doc
 
@@ -162,8 +162,7 @@ class EdgeAggregator:
             frame = decode_frame(payload)
             if not isinstance(frame, Request):
                 raise DdnnError(f"expected a request on {topic}")
-            model, section, device = parse_request_topic(topic, prefix=EDGE_PREFIX)
-            if (model, section, device) != (frame.model, frame.section, frame.device_id):
+            if topic != topic_of(frame, prefix=EDGE_PREFIX):
                 raise DdnnError("the request's model, section or device does not match its topic")
         except DdnnError as exc:
             answer_bad_message(

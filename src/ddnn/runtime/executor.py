@@ -45,10 +45,17 @@ class SectionExecutor:
         self.model = model.eval()
         self.spec = model.spec
         self._exit_of = {s.name: i for i, s in enumerate(self.spec.exit_sections)}
+        self._shapes: dict[int, tuple[int, ...]] = {}  # asked for on every request
 
     def input_shape(self, section: int) -> tuple[int, ...]:
         """Per-sample shape a request to `section` must carry. Section 0 (server-only: the whole
         model) and the first upper section take one row per device: [D, ...]."""
+        shape = self._shapes.get(section)
+        if shape is None:
+            shape = self._shapes[section] = self._input_shape(section)
+        return shape
+
+    def _input_shape(self, section: int) -> tuple[int, ...]:
         spec, model = self.spec, self.model
         if section == 0:
             return (spec.devices, *spec.view_shape)

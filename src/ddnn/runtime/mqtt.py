@@ -35,6 +35,7 @@ from ddnn.runtime.transport import (
     Handler,
     Transport,
     check_publish,
+    filters_overlap,
     split_shared,
     topic_matches,
     validate_filter,
@@ -110,6 +111,7 @@ class MqttTransport(Transport):
         self._subs: dict[str, tuple[int, Handler]] = {}  # filter -> (subscription id, handler)
         self._by_sid: dict[int, str] = {}
         self._sids = itertools.count(1)
+        self._tag = False  # subscribe with identifiers: set once two of our filters overlap
         self._acks = threading.Condition()  # SUBACK hand-off to subscribe()
         self._waiting: set[int] = set()
         self._ack_codes: dict[int, list[ReasonCode]] = {}
@@ -234,8 +236,13 @@ class MqttTransport(Transport):
         with self._lock:
             old = self._subs.get(topic_filter)
             sid = old[0] if old else next(self._sids)
+            overlap = not self._tag and any(
+                f != topic_filter and filters_overlap(f, topic_filter) for f in self._subs
+            )
             self._subs[topic_filter] = (sid, handler)
             self._by_sid[sid] = topic_filter
+        if overlap:
+            self._start_tagging()
         with self._acks:
             mid = self._send_subscribe(topic_filter, sid)
             if mid is None or threading.current_thread() is self._net_thread:
@@ -291,10 +298,24 @@ class MqttTransport(Transport):
         if self._closed:
             raise DdnnError(f"the transport to {self.url} is closed; create a new one")
 
+    def _start_tagging(self) -> None:
+        """Two filters overlap: a message matching both may come once per subscription, so from
+        now on every subscription carries an identifier and each delivery names the handlers
+        it is for. The filters already held are subscribed again with theirs first (the broker
+        handles one connection's packets in order). Without overlaps deliveries are routed by
+        topic: the identifier property costs paho a parse on every message."""
+        with self._lock:
+            self._tag = True
+            held = [(f, sid) for f, (sid, _) in self._subs.items()]
+        for topic_filter, sid in held:
+            self._send_subscribe(topic_filter, sid)
+
     def _send_subscribe(self, topic_filter: str, sid: int) -> int | None:
-        """SUBSCRIBE with a subscription identifier, so deliveries name their subscription."""
-        props = Properties(PacketTypes.SUBSCRIBE)
-        props.SubscriptionIdentifier = sid
+        """SUBSCRIBE, with a subscription identifier once the client's filters overlap."""
+        props = None
+        if self._tag:
+            props = Properties(PacketTypes.SUBSCRIBE)
+            props.SubscriptionIdentifier = sid
         rc, mid = self._client.subscribe(
             topic_filter, options=SubscribeOptions(qos=QOS), properties=props
         )
@@ -396,7 +417,8 @@ class MqttTransport(Transport):
                 logger.exception("handler for %r failed; the message is dropped", topic)
 
     def _handlers_for(self, topic: str, sids: list[int] | None) -> list[Handler]:
-        """Route by subscription identifier; fall back to matching for brokers without them."""
+        """By the subscription identifiers a delivery carries (the client's filters overlap),
+        else by matching the topic against the filters."""
         with self._lock:
             if sids:
                 filters = [self._by_sid.get(sid) for sid in sids]

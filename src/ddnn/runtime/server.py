@@ -30,9 +30,9 @@ from ddnn.runtime.wire import (
     decode_frame,
     decode_tensor,
     encode_frame,
-    parse_request_topic,
     reply_topic,
     request_filter,
+    topic_of,
 )
 from ddnn.store.artifact import load_model, read_spec_doc
 
@@ -231,8 +231,7 @@ class InferenceServer:
                 raise FrameError(
                     f"expected a request on {item.topic}, got a {type(frame).__name__}"
                 )
-            model, section, device = parse_request_topic(item.topic)
-            if (model, section, device) != (frame.model, frame.section, frame.device_id):
+            if item.topic != topic_of(frame):
                 raise FrameError("the request's model, section or device does not match its topic")
         except DdnnError as exc:
             self._error(item.topic, item.payload, Status.MALFORMED, str(exc))
@@ -270,7 +269,7 @@ class InferenceServer:
 
     def _run_group(self, executor: SectionExecutor, section: int, jobs: list[_Job]) -> None:
         start = time.perf_counter()
-        x = np.stack([j.x for j in jobs])  # [B, *input_shape]
+        x = jobs[0].x[None] if len(jobs) == 1 else np.stack([j.x for j in jobs])  # [B, *in]
         present = None
         if any(j.present is not None for j in jobs):
             present = np.stack(
@@ -279,11 +278,8 @@ class InferenceServer:
         answers = executor.run(section, x, present)
         done = time.perf_counter()
         compute_ms = (done - start) * 1000
-        self.metrics.observe("batch_compute_ms", compute_ms, "compute time per batch")
-        self.metrics.inc("batches_total", "batches run")
-        for job, ans in zip(jobs, answers, strict=True):
-            queue_ms = (start - job.arrived) * 1000
-            self.metrics.observe("queue_ms", queue_ms, "time a request waited before compute")
+        queued_ms = [(start - job.arrived) * 1000 for job in jobs]
+        for job, ans, queue_ms in zip(jobs, answers, queued_ms, strict=True):
             reply = Reply(
                 request_id=job.request.request_id,
                 status=Status.OK,
@@ -294,7 +290,12 @@ class InferenceServer:
                 compute_ms=compute_ms,
             )
             self._publish(reply_topic(job.request.device_id), encode_frame(reply))
-            self.metrics.inc("replies_total", "replies sent", status="ok")
+        # bookkeeping once the replies are out: it is on every request's critical path otherwise
+        self.metrics.observe("batch_compute_ms", compute_ms, "compute time per batch")
+        self.metrics.inc("batches_total", "batches run")
+        self.metrics.inc("replies_total", "replies sent", value=len(jobs), status="ok")
+        for queue_ms in queued_ms:
+            self.metrics.observe("queue_ms", queue_ms, "time a request waited before compute")
 
     # -- replies -----------------------------------------------------------------------------
 

@@ -99,6 +99,19 @@ def topic_matches(topic_filter: str, topic: str) -> bool:
 # --- size limits ----------------------------------------------------------------------------
 
 
+def filters_overlap(a: str, b: str) -> bool:
+    """Whether some topic could match both filters (`$share` groups aside). Errs towards True:
+    a client whose filters overlap tags them with subscription identifiers."""
+    la, lb = split_shared(a)[1].split("/"), split_shared(b)[1].split("/")
+    for x, y in zip(la, lb, strict=False):
+        if "#" in (x, y):
+            return True
+        if x != y and "+" not in (x, y):
+            return False
+    longer = la if len(la) > len(lb) else lb
+    return len(la) == len(lb) or longer[min(len(la), len(lb))] == "#"  # 'a/#' matches 'a'
+
+
 def publish_packet_size(topic: str, payload_len: int) -> int:
     """Exact size of the MQTT v5 QoS-1 PUBLISH packet (no properties) carrying this payload."""
     remaining = 2 + len(topic.encode("utf-8")) + 2 + 1 + payload_len

@@ -36,6 +36,8 @@ _TENSOR = struct.Struct("<BB")  # encoding, ndim
 _F32 = struct.Struct("<f")
 _F32_MAX = float(np.finfo(np.float32).max)
 _INT8_MAX_SCALE = _F32_MAX / 127  # larger scales overflow float32 when decoded
+# [256, 8] float32: byte -> its bits MSB first as -1.0 / +1.0
+_BITS_TABLE = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1) * np.float32(2) - 1
 
 
 class FrameError(DdnnError):
@@ -78,6 +80,7 @@ class Status(IntEnum):
         return self >= 16
 
 
+FrameT = TypeVar("FrameT")
 EnumT = TypeVar("EnumT", bound=IntEnum)
 
 
@@ -284,9 +287,8 @@ def decode_tensor(tensor: Tensor) -> np.ndarray:
         flat = np.frombuffer(raw, dtype=np.int8, offset=4).astype(np.float32) * scale
     elif enc is Encoding.UNIT8:
         flat = np.frombuffer(raw, dtype=np.uint8).astype(np.float32) / np.float32(255.0)
-    else:
-        bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), count=tensor.count)
-        flat = bits.astype(np.float32) * 2.0 - 1.0
+    else:  # one table lookup per byte: fewer numpy calls than unpack, cast and rescale
+        flat = _BITS_TABLE[np.frombuffer(raw, dtype=np.uint8)].reshape(-1)[: tensor.count]
     return flat.reshape(tensor.shape)
 
 
@@ -465,31 +467,62 @@ class _Reader:
         shape = struct.unpack(f"<{ndim}I", self.take(4 * ndim, f"tensor {name!r} shape"))
         size = payload_size(encoding, math.prod(shape))
         what = f"payload of tensor {name!r} {shape} {encoding.name.lower()}"
-        return Tensor(name, encoding, shape, bytes(self.take(size, what)))
+        if not name:
+            raise FrameError(f"tensor {index} has an empty name")
+        tensor = _decoded(Tensor, name, encoding, shape, bytes(self.take(size, what)))
+        tensor._check_payload()
+        return tensor
+
+
+def _decoded(cls: type[FrameT], *values: object) -> FrameT:
+    """Build a frame or tensor from decoded fields without its constructor's checks: the readers
+    below check what the byte layout does not already guarantee (struct formats bound every
+    integer, float fields are float32 already, payload sizes follow from the shape), and these
+    checks are most of the decoding time on every message."""
+    obj = object.__new__(cls)
+    for name, value in zip(cls.__slots__, values, strict=True):  # type: ignore[attr-defined]
+        object.__setattr__(obj, name, value)
+    return obj
+
+
+def _request_id(value: int) -> int:
+    if value < 1:
+        raise FrameError(f"request_id must be an integer in 1..{(1 << 64) - 1}, got {value}")
+    return value
 
 
 def _read_request(r: _Reader) -> Request:
     request_id, frame_id, model_version, section = r.unpack(_REQUEST, "request header")
     model = r.text("model name")
+    check_identifier("model", model)
     device_id = r.text("device id")
+    check_identifier("device_id", device_id)
     tensors = tuple(r.tensors())
-    return Request(request_id, model, model_version, device_id, frame_id, section, tensors)
+    if not tensors:
+        raise FrameError("tensors needs 1..255 entries, got 0")
+    return _decoded(
+        Request, _request_id(request_id), model, model_version, device_id, frame_id, section,
+        tensors,
+    )  # fmt: skip
 
 
 def _read_reply(r: _Reader) -> Reply:
     request_id, status, exit_index, predicted, entropy, queue_ms, compute_ms = r.unpack(
         _REPLY, "reply header"
     )
-    missing = [r.text("missing device id") for _ in range(r.u8("missing device count"))]
-    return Reply(
-        request_id,
+    missing = tuple(r.text("missing device id") for _ in range(r.u8("missing device count")))
+    for device in missing:
+        check_identifier("missing device id", device)
+    return _decoded(
+        Reply,
+        _request_id(request_id),
         _enum(Status, status, "status"),
         predicted,
         exit_index,
         entropy,
         queue_ms,
         compute_ms,
-        tuple(missing),
+        missing,
         tuple(r.tensors()),
     )
 
@@ -551,6 +584,12 @@ def request_topic(model: str, section: int, device_id: str, *, prefix: str = TOP
     section = _uint("section", section, 8)
     check_identifier("device_id", device_id)
     return f"{prefix}/q/{model}/{section}/{device_id}"
+
+
+def topic_of(request: Request, *, prefix: str = TOPIC_PREFIX) -> str:
+    """The topic `request` belongs on; its fields were checked when it was built or decoded,
+    so a receiver compares this to the topic it arrived on instead of parsing that topic."""
+    return f"{prefix}/q/{request.model}/{request.section}/{request.device_id}"
 
 
 def reply_topic(device_id: str, *, prefix: str = TOPIC_PREFIX) -> str:
