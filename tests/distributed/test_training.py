@@ -70,3 +70,15 @@ def test_a_stalled_rank_ends_the_run_with_a_clear_error(tmp_path, monkeypatch):
         launch_local(_experiment(16), tmp_path, DistConfig(timeout=5), 2, progress=False)
     assert time.monotonic() - t0 < 45
     assert "--resume" in str(info.value)
+
+
+def test_an_elastic_restart_resumes_from_the_last_checkpoint(tmp_path, monkeypatch):
+    exp = _experiment(16, epochs=3)
+    steps = len(list(shard_batches(Trainer(exp, tmp_path / "probe", progress=False).train_split,
+                                   2, 1, 16, exp.train.seed, epoch=1)))  # fmt: skip
+    monkeypatch.setenv(FAULT_ENV, f"1:{steps}:exit")  # rank 1 dies at the first step of epoch 2
+    report = launch_local(exp, tmp_path / "run", DistConfig(timeout=30, max_restarts=1), 2,
+                          progress=False)  # fmt: skip
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert epochs == [1, 2, 3]  # epoch 1 was not trained again: the restart resumed after it
+    assert report["samples"] > 0

@@ -35,7 +35,9 @@ from ddnn.train.trainer import Trainer, make_scheduler, train_step
 log = logging.getLogger(__name__)
 
 RECORD_FILE = "distributed.json"
-FAULT_ENV = "DDNN_DIST_FAULT"  # "rank:step:exit|hang", for tests and failure demos
+# "rank:step:exit|hang", for tests and failure demos; it fires on the first attempt only, so an
+# elastic restart (--max-restarts) shows the run recovering
+FAULT_ENV = "DDNN_DIST_FAULT"
 
 
 class _DDP(DistributedDataParallel):
@@ -199,7 +201,7 @@ def write_record(
 
 def _fault(rank: int) -> tuple[int, str] | None:
     spec = os.environ.get(FAULT_ENV)
-    if not spec:
+    if not spec or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
         return None
     r, step, kind = spec.split(":")
     return (int(step), kind) if int(r) == rank else None
@@ -210,6 +212,24 @@ def _inject(kind: str) -> None:
     if kind == "hang":
         time.sleep(10**6)
     os._exit(3)
+
+
+def _init_process_group(rank: int, world: int, timeout: timedelta) -> None:
+    """gloo, on the rendezvous store. Under torch elastic the workers use the agent's store, and
+    torch assumes a fresh store per restart, but with the c10d rendezvous the agent keeps one
+    store for the whole run: after an elastic restart gloo read the dead attempt's addresses
+    from it and failed with "connectFullMesh ... Connection refused" (torch 2.13). Each attempt
+    therefore uses its own key prefix."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        dist.init_process_group("gloo", timeout=timeout)
+        return
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    agent = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
+        timeout=timeout,
+    )  # fmt: skip
+    store = dist.PrefixStore(f"ddnn/attempt_{attempt}", agent)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timeout)
 
 
 def run_rank(
@@ -238,7 +258,7 @@ def run_rank(
     run_dir = Path(run_dir)
     if not resume and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
         resume = (run_dir / STATE_TENSORS).is_file()  # elastic restart: continue, not restart
-    dist.init_process_group("gloo", timeout=timedelta(seconds=dist_cfg.timeout))
+    _init_process_group(rank, world, timedelta(seconds=dist_cfg.timeout))
     try:
         trainer = DistributedTrainer(experiment, run_dir, dist_cfg, dataset, init_from, progress)
         if resume and rank == 0:
