@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import queue
 import socket
+import threading
 import time
+from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -90,3 +93,39 @@ def test_credentials_are_keywords_not_url() -> None:
         MqttTransport(LOOPBACK, free_port(), password="secret")
     with pytest.raises(DdnnError, match="tls="):
         MqttTransport(LOOPBACK, free_port(), tls="yes")  # type: ignore[arg-type]
+
+
+def test_a_filter_subscribed_while_tagging_starts_still_gets_each_message_once(
+    broker: MosquittoBroker,
+) -> None:
+    """Thread A subscribes 't/a' and is preempted between deciding "untagged" and queueing its
+    SUBSCRIBE; meanwhile 't/+' overlaps it and switches tagging on. A's late untagged SUBSCRIBE
+    must not replace the tagged one (the '+' handler would then get every message twice)."""
+    sub, pub = MqttTransport.from_url(broker.url), MqttTransport.from_url(broker.url)
+    got: Counter[str] = Counter()
+    real = sub._client.subscribe
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread().name == "A" and kwargs.get("properties") is None:
+            time.sleep(0.3)
+        return real(*args, **kwargs)
+
+    sub._client.subscribe = slow  # type: ignore[method-assign]
+    try:
+        a = threading.Thread(
+            name="A", target=sub.subscribe, args=("t/a", lambda t, p: got.update("a"))
+        )
+        a.start()
+        time.sleep(0.1)
+        sub.subscribe("t/+", lambda t, p: got.update("+"))
+        a.join()
+        for i in range(5):
+            pub.publish("t/a", bytes([i]))
+        deadline = time.monotonic() + 5
+        while sum(got.values()) < 10 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # a duplicate would arrive right behind
+        assert got == {"a": 5, "+": 5}
+    finally:
+        sub.close()
+        pub.close()

@@ -24,6 +24,7 @@ import paho.mqtt.client as paho
 
 from ddnn.bench.load import cpu_seconds, machine_cpu
 from ddnn.bench.offload import offload_request, offload_shape
+from ddnn.errors import DdnnError
 from ddnn.runtime.broker import MosquittoBroker
 from ddnn.runtime.client import Requester
 from ddnn.runtime.executor import SectionExecutor
@@ -144,7 +145,13 @@ def throughput(
                 t.close()
     finally:
         server.stop()
-    lat, inside = np.array([x for part in results for x in part]).reshape(-1, 2).T
+    answered = [x for part in results for x in part]
+    if not answered:
+        raise DdnnError(
+            f"no request was answered in {seconds:g} s with {devices} device(s); the server's "
+            f"log:\n{server.tail()}"
+        )
+    lat, inside = np.array(answered).T
     server_cpu_s = float(used[0])
     return {
         "devices": devices,

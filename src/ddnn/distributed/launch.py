@@ -3,10 +3,12 @@ rendezvous on a free loopback port, or joining a run that torchrun / `ddnn clust
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -84,10 +86,33 @@ def launch_local(
         resume, progress, dataset, logging.getLogger().getEffectiveLevel(),
     )  # fmt: skip
     try:
-        results = elastic_launch(config, _rank_entry)(*args)
+        with _fresh_store_per_round():
+            results = elastic_launch(config, _rank_entry)(*args)
     except ChildFailedError as exc:
         raise DdnnError(failure_message(exc)) from None
     return results[0]
+
+
+# With the c10d rendezvous the agent by default lends the workers its own store and keeps it for
+# the whole run, while the workers' env:// setup assumes a fresh store per round: after an elastic
+# restart gloo read the dead round's addresses and failed with "connectFullMesh ... Connection
+# refused" (torch 2.13). With this set, rank 0 hosts a new store on a new port every round.
+# torchrun users set it themselves (docs/distributed.md).
+FRESH_STORE_ENV = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
+
+
+@contextlib.contextmanager
+def _fresh_store_per_round() -> Iterator[None]:
+    """The agent reads FRESH_STORE_ENV from this process's environment; restored afterwards."""
+    old = os.environ.get(FRESH_STORE_ENV)
+    os.environ[FRESH_STORE_ENV] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(FRESH_STORE_ENV, None)
+        else:
+            os.environ[FRESH_STORE_ENV] = old
 
 
 def failure_message(exc: ChildFailedError) -> str:

@@ -214,24 +214,6 @@ def _inject(kind: str) -> None:
     os._exit(3)
 
 
-def _init_process_group(rank: int, world: int, timeout: timedelta) -> None:
-    """gloo, on the rendezvous store. Under torch elastic the workers use the agent's store, and
-    torch assumes a fresh store per restart, but with the c10d rendezvous the agent keeps one
-    store for the whole run: after an elastic restart gloo read the dead attempt's addresses
-    from it and failed with "connectFullMesh ... Connection refused" (torch 2.13). Each attempt
-    therefore uses its own key prefix."""
-    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
-        dist.init_process_group("gloo", timeout=timeout)
-        return
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    agent = dist.TCPStore(
-        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
-        timeout=timeout,
-    )  # fmt: skip
-    store = dist.PrefixStore(f"ddnn/attempt_{attempt}", agent)
-    dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timeout)
-
-
 def run_rank(
     experiment: Experiment,
     run_dir: str | Path,
@@ -258,7 +240,7 @@ def run_rank(
     run_dir = Path(run_dir)
     if not resume and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
         resume = (run_dir / STATE_TENSORS).is_file()  # elastic restart: continue, not restart
-    _init_process_group(rank, world, timedelta(seconds=dist_cfg.timeout))
+    dist.init_process_group("gloo", timeout=timedelta(seconds=dist_cfg.timeout))
     try:
         trainer = DistributedTrainer(experiment, run_dir, dist_cfg, dataset, init_from, progress)
         if resume and rank == 0:

@@ -112,6 +112,9 @@ class MqttTransport(Transport):
         self._by_sid: dict[int, str] = {}
         self._sids = itertools.count(1)
         self._tag = False  # subscribe with identifiers: set once two of our filters overlap
+        # held while deciding to tag and while each SUBSCRIBE reads `_tag` and is queued, so
+        # that no untagged SUBSCRIBE can replace a tagged one (paho only queues: never blocks)
+        self._tag_lock = threading.RLock()
         self._acks = threading.Condition()  # SUBACK hand-off to subscribe()
         self._waiting: set[int] = set()
         self._ack_codes: dict[int, list[ReasonCode]] = {}
@@ -304,21 +307,23 @@ class MqttTransport(Transport):
         it is for. The filters already held are subscribed again with theirs first (the broker
         handles one connection's packets in order). Without overlaps deliveries are routed by
         topic: the identifier property costs paho a parse on every message."""
-        with self._lock:
-            self._tag = True
-            held = [(f, sid) for f, (sid, _) in self._subs.items()]
-        for topic_filter, sid in held:
-            self._send_subscribe(topic_filter, sid)
+        with self._tag_lock:
+            with self._lock:
+                self._tag = True
+                held = [(f, sid) for f, (sid, _) in self._subs.items()]
+            for topic_filter, sid in held:
+                self._send_subscribe(topic_filter, sid)
 
     def _send_subscribe(self, topic_filter: str, sid: int) -> int | None:
         """SUBSCRIBE, with a subscription identifier once the client's filters overlap."""
-        props = None
-        if self._tag:
-            props = Properties(PacketTypes.SUBSCRIBE)
-            props.SubscriptionIdentifier = sid
-        rc, mid = self._client.subscribe(
-            topic_filter, options=SubscribeOptions(qos=QOS), properties=props
-        )
+        with self._tag_lock:
+            props = None
+            if self._tag:
+                props = Properties(PacketTypes.SUBSCRIBE)
+                props.SubscriptionIdentifier = sid
+            rc, mid = self._client.subscribe(
+                topic_filter, options=SubscribeOptions(qos=QOS), properties=props
+            )
         return mid if rc == MQTTErrorCode.MQTT_ERR_SUCCESS else None
 
     # --- callbacks: run on paho's network thread, must never raise --------------------------

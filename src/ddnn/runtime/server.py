@@ -278,8 +278,11 @@ class InferenceServer:
         answers = executor.run(section, x, present)
         done = time.perf_counter()
         compute_ms = (done - start) * 1000
-        queued_ms = [(start - job.arrived) * 1000 for job in jobs]
-        for job, ans, queue_ms in zip(jobs, answers, queued_ms, strict=True):
+        self.metrics.observe("batch_compute_ms", compute_ms, "compute time per batch")
+        self.metrics.inc("batches_total", "batches run")
+        for job, ans in zip(jobs, answers, strict=True):
+            queue_ms = (start - job.arrived) * 1000
+            self.metrics.observe("queue_ms", queue_ms, "time a request waited before compute")
             reply = Reply(
                 request_id=job.request.request_id,
                 status=Status.OK,
@@ -290,12 +293,7 @@ class InferenceServer:
                 compute_ms=compute_ms,
             )
             self._publish(reply_topic(job.request.device_id), encode_frame(reply))
-        # bookkeeping once the replies are out: it is on every request's critical path otherwise
-        self.metrics.observe("batch_compute_ms", compute_ms, "compute time per batch")
-        self.metrics.inc("batches_total", "batches run")
-        self.metrics.inc("replies_total", "replies sent", value=len(jobs), status="ok")
-        for queue_ms in queued_ms:
-            self.metrics.observe("queue_ms", queue_ms, "time a request waited before compute")
+            self.metrics.inc("replies_total", "replies sent", status="ok")
 
     # -- replies -----------------------------------------------------------------------------
 
