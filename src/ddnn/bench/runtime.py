@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,7 @@ from ddnn.runtime.executor import SectionExecutor
 from ddnn.runtime.mqtt import MqttTransport
 from ddnn.runtime.processes import Process
 from ddnn.runtime.server import InferenceServer, ModelDB
-from ddnn.runtime.wire import Reply, request_topic
-from ddnn.store.artifact import load_model, read_spec_doc
+from ddnn.runtime.wire import Reply, Request, request_topic
 
 
 def _paho_client(url_port: int) -> paho.Client:
@@ -70,19 +70,37 @@ def bare_echo_rtt(port: int, payload: bytes, repeats: int) -> list[float]:
     return times
 
 
-def framework_rtt(url: str, run_dir: str, repeats: int) -> tuple[list[float], int, int, int]:
+@dataclass(frozen=True)
+class _Served:
+    """The benchmarked model, loaded once per run: its server-side executors and what an
+    offloaded request to it carries."""
+
+    run_dir: str
+    db: ModelDB
+    name: str
+    version: int
+    shape: tuple[int, ...]  # section 1's input per request: [D, *device section output]
+
+    @classmethod
+    def load(cls, run_dir: str) -> _Served:
+        db = ModelDB([run_dir])
+        (name, version), executor = next(iter(db.models.items()))
+        return cls(run_dir, db, name, version, offload_shape(executor.model))
+
+    def request(self, rid: int, device: str) -> Request:
+        return offload_request(self.shape, self.name, self.version, rid, device)
+
+
+def framework_rtt(url: str, served: _Served, repeats: int) -> tuple[list[float], int, int, int]:
     """(round trips ms minus server compute, frame bytes, packet bytes, payload bytes)."""
-    doc = read_spec_doc(run_dir)
-    name, version = str(doc["name"]), int(doc["version"])
-    shape = offload_shape(load_model(run_dir))
     with MqttTransport.from_url(url) as st, MqttTransport.from_url(url) as dt:
-        server = InferenceServer(st, ModelDB([run_dir]), workers=1)
+        server = InferenceServer(st, served.db, workers=1)
         req = Requester(dt, "bench0")
         times = []
-        topic = request_topic(name, 1, "bench0")
+        topic = request_topic(served.name, 1, "bench0")
         try:
             for _ in range(repeats):
-                r = offload_request(shape, name, version, req.next_id(), "bench0")
+                r = served.request(req.next_id(), "bench0")
                 pending, sent = req.send(topic, r)
                 answer = req.wait(r.request_id, pending, 5.0)
                 if not isinstance(answer, Reply):
@@ -97,7 +115,7 @@ def framework_rtt(url: str, run_dir: str, repeats: int) -> tuple[list[float], in
 
 def throughput(
     url: str,
-    run_dir: str,
+    served: _Served,
     devices: int,
     seconds: float,
     window: int,
@@ -108,10 +126,7 @@ def throughput(
     `seconds`, against `ddnn serve` in its own process (as deployed: no GIL shared with the
     load generator). CPU is accounted per party (% of one core), because on a small machine
     the load generator and the broker compete with the server for the same cores."""
-    doc = read_spec_doc(run_dir)
-    name, version = str(doc["name"]), int(doc["version"])
-    shape = offload_shape(load_model(run_dir))
-    args = ["serve", run_dir, "--broker", url, "--workers", "2", "--max-batch", "64"]
+    args = ["serve", served.run_dir, "--broker", url, "--workers", "2", "--max-batch", "64"]
     server = Process(f"bench-server-{devices}", args, logs, ready=True)
     try:
         server.wait_ready()
@@ -122,9 +137,9 @@ def throughput(
         def loop(i: int) -> list[tuple[float, float]]:
             """(round trip ms, of which inside the server: queue + compute) per answer."""
             req, lat = requesters[i // window], []
-            topic = request_topic(name, 1, req.identity)
+            topic = request_topic(served.name, 1, req.identity)
             while time.perf_counter() < stop:
-                r = offload_request(shape, name, version, req.next_id(), req.identity)
+                r = served.request(req.next_id(), req.identity)
                 pending, _ = req.send(topic, r)
                 answer = req.wait(r.request_id, pending, 10.0)
                 if isinstance(answer, Reply):
@@ -177,11 +192,9 @@ def _cpu_now(server_pid: int, broker_pid: int) -> np.ndarray:
     )
 
 
-def in_process_throughput(run_dir: str, batch: int, seconds: float) -> tuple[float, float]:
+def in_process_throughput(ex: SectionExecutor, batch: int, seconds: float) -> tuple[float, float]:
     """(samples/s, samples per CPU-second) of the same section called directly with full
     batches: the ceiling (torch with its default threads, all cores)."""
-    model = load_model(run_dir)
-    ex = SectionExecutor(model)
     shape = ex.input_shape(1)
     x = np.where(np.random.default_rng(0).standard_normal((batch, *shape)) >= 0, 1.0, -1.0)
     ex.run(1, x.astype(np.float32), None)  # warm-up
@@ -198,6 +211,7 @@ _RTT_ROUNDS = 5
 def bench_runtime(
     run_dir: str, repeats: int = 300, seconds: float = 5.0, max_devices: int = 8
 ) -> dict[str, Any]:
+    served = _Served.load(run_dir)
     with MosquittoBroker() as broker, tempfile.TemporaryDirectory() as logs:
         assert broker.pid is not None  # started by the `with`
         # interleaved blocks, so that a burst of load from elsewhere on a shared machine hits
@@ -206,20 +220,22 @@ def bench_runtime(
         echo: list[float] = []
         for _ in range(_RTT_ROUNDS):
             times, frame_bytes, packet_bytes, payload = framework_rtt(
-                broker.url, run_dir, max(repeats // _RTT_ROUNDS, 1)
+                broker.url, served, max(repeats // _RTT_ROUNDS, 1)
             )
             fw += times
             echo += bare_echo_rtt(broker.port, b"\x00" * frame_bytes, len(times))
         sweep = [
-            throughput(broker.url, run_dir, d, seconds, 4, Path(logs), broker.pid)
+            throughput(broker.url, served, d, seconds, 4, Path(logs), broker.pid)
             for d in (1, 2, 4, 8)
             if d <= max_devices
         ]
-    ceiling, ceiling_per_cpu = in_process_throughput(run_dir, 64, seconds)
+    ceiling, ceiling_per_cpu = in_process_throughput(
+        served.db.get(served.name, served.version), 64, seconds
+    )
     best = max(s["requests_per_s"] for s in sweep)
     best_per_cpu = max(s["requests_per_server_cpu_s"] for s in sweep)
     return {
-        "model": read_spec_doc(run_dir)["name"],
+        "model": served.name,
         "round_trip": {
             "framework_median_ms": statistics.median(fw),
             "echo_median_ms": statistics.median(echo),

@@ -96,9 +96,6 @@ def topic_matches(topic_filter: str, topic: str) -> bool:
     return len(f_levels) == len(t_levels)
 
 
-# --- size limits ----------------------------------------------------------------------------
-
-
 def filters_overlap(a: str, b: str) -> bool:
     """Whether some topic could match both filters (`$share` groups aside). Errs towards True:
     a client whose filters overlap tags them with subscription identifiers."""
@@ -110,6 +107,9 @@ def filters_overlap(a: str, b: str) -> bool:
             return False
     longer = la if len(la) > len(lb) else lb
     return len(la) == len(lb) or longer[min(len(la), len(lb))] == "#"  # 'a/#' matches 'a'
+
+
+# --- size limits ----------------------------------------------------------------------------
 
 
 def publish_packet_size(topic: str, payload_len: int) -> int:

@@ -485,24 +485,16 @@ def _decoded(cls: type[FrameT], *values: object) -> FrameT:
     return obj
 
 
-def _request_id(value: int) -> int:
-    if value < 1:
-        raise FrameError(f"request_id must be an integer in 1..{(1 << 64) - 1}, got {value}")
-    return value
-
-
 def _read_request(r: _Reader) -> Request:
     request_id, frame_id, model_version, section = r.unpack(_REQUEST, "request header")
     model = r.text("model name")
     check_identifier("model", model)
     device_id = r.text("device id")
     check_identifier("device_id", device_id)
-    tensors = tuple(r.tensors())
-    if not tensors:
-        raise FrameError("tensors needs 1..255 entries, got 0")
+    tensors = _tuple_of("tensors", r.tensors(), Tensor, 1)
     return _decoded(
-        Request, _request_id(request_id), model, model_version, device_id, frame_id, section,
-        tensors,
+        Request, _uint("request_id", request_id, 64, low=1), model, model_version, device_id,
+        frame_id, section, tensors,
     )  # fmt: skip
 
 
@@ -515,7 +507,7 @@ def _read_reply(r: _Reader) -> Reply:
         check_identifier("missing device id", device)
     return _decoded(
         Reply,
-        _request_id(request_id),
+        _uint("request_id", request_id, 64, low=1),
         _enum(Status, status, "status"),
         predicted,
         exit_index,
