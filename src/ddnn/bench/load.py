@@ -20,17 +20,20 @@ shed and error answers, which come back fast, are left out so they cannot flatte
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -66,6 +69,7 @@ class GeneratorConfig:
     seconds: float
     deadline_ms: float
     out: str  # where the results JSON goes
+    window: int = 0  # > 0: closed loop, this many requests in flight per device (rate unused)
 
 
 def _schedule(cfg: GeneratorConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -80,9 +84,19 @@ def _schedule(cfg: GeneratorConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return times[order], local[order], number[order]
 
 
+def _start_time(ready: IO[str], go: IO[str]) -> float:
+    """Say `ready`, read the common start (epoch seconds) from `go`; as a perf_counter time."""
+    ready.write("ready\n")
+    ready.flush()
+    start_epoch = float(go.readline())
+    return time.perf_counter() + (start_epoch - time.time())
+
+
 def run_generator(cfg: GeneratorConfig, ready: IO[str], go: IO[str]) -> dict[str, Any]:
     """Connect the devices, say `ready`, wait for the start time on `go`, send on schedule,
     wait for every answer until its deadline and classify each request."""
+    if cfg.window > 0:
+        return run_closed_loop(cfg, ready, go)
     from ddnn.bench.offload import offload_features, offload_request
     from ddnn.runtime.client import Requester
     from ddnn.runtime.transport import create_transport
@@ -97,10 +111,7 @@ def run_generator(cfg: GeneratorConfig, ready: IO[str], go: IO[str]) -> dict[str
         topics = [request_topic(cfg.model, 1, name) for name in names]
         feats = [offload_features(cfg.shape, k) for k in cfg.device_ids]
         due, local, number = _schedule(cfg)
-        ready.write("ready\n")
-        ready.flush()
-        start_epoch = float(go.readline())
-        t0 = time.perf_counter() + (start_epoch - time.time())
+        t0 = _start_time(ready, go)
         cpu0 = time.process_time()
         sent: list[Any] = []  # Pending, or None when the publish was refused
         for t, j, n in zip(due.tolist(), local.tolist(), number.tolist(), strict=True):
@@ -157,6 +168,93 @@ def run_generator(cfg: GeneratorConfig, ready: IO[str], go: IO[str]) -> dict[str
         "lag_ms": [round(x, 3) for x in lag],
         "last_send_s": last_send,
         "cpu_s": cpu,  # while sending
+    }
+
+
+def run_closed_loop(cfg: GeneratorConfig, ready: IO[str], go: IO[str]) -> dict[str, Any]:
+    """Capacity load: every device keeps `cfg.window` requests in flight for `cfg.seconds`.
+    Each reply sends the device's next request from the transport's network thread, so the
+    generator needs no thread per request and stays cheap next to the server it loads."""
+    from ddnn.bench.offload import offload_features, offload_request
+    from ddnn.runtime.transport import create_transport
+    from ddnn.runtime.wire import Reply, decode_frame, encode_frame, reply_topic, request_topic
+
+    lock = threading.Lock()
+    sent: dict[tuple[int, int], float] = {}  # (device, request id) -> perf_counter at send
+    answered: list[tuple[float, float]] = []  # (round trip ms, of which in the server ms)
+    counts: Counter[str] = Counter()
+    stop = math.inf
+    transports: list[Any] = []
+
+    def send(j: int, rid: int) -> None:
+        request = offload_request(cfg.shape, cfg.model, cfg.version, rid, names[j], feats[j])
+        with lock:
+            sent[j, rid] = time.perf_counter()
+        try:
+            transports[j].publish(topics[j], encode_frame(request))
+        except DdnnError as exc:
+            log.debug("%s: publish refused: %s", names[j], exc)
+            with lock:
+                sent.pop((j, rid), None)
+                counts["send_errors"] += 1
+
+    def handler(j: int) -> Callable[[str, bytes], None]:
+        def on_reply(topic: str, payload: bytes) -> None:
+            now = time.perf_counter()
+            frame = decode_frame(payload)
+            with lock:
+                t = sent.pop((j, frame.request_id), None)
+                if t is None:
+                    counts["unmatched"] += 1
+                    return
+                if isinstance(frame, Reply):
+                    answered.append(((now - t) * 1000, frame.queue_ms + frame.compute_ms))
+                else:
+                    counts["errors"] += 1
+                nxt = next(ids[j])
+            if now < stop:
+                send(j, nxt)
+
+        return on_reply
+
+    names = [f"load{k}" for k in cfg.device_ids]
+    topics = [request_topic(cfg.model, 1, name) for name in names]
+    feats = [offload_features(cfg.shape, k) for k in cfg.device_ids]
+    # a random start, as Requester does: the server drops an id it has seen from a device as a
+    # duplicate, and the same device names come back in every step against the same server
+    ids = [itertools.count(secrets.randbits(40) + 1) for _ in names]
+    try:
+        for j, name in enumerate(names):
+            transports.append(create_transport(cfg.url))
+            transports[j].subscribe(reply_topic(name), handler(j))
+        t0 = _start_time(ready, go)
+        time.sleep(max(0.0, t0 - time.perf_counter()))
+        cpu0 = time.process_time()
+        stop = t0 + cfg.seconds
+        for j in range(len(names)):
+            for _ in range(cfg.window):
+                with lock:
+                    rid = next(ids[j])
+                send(j, rid)
+        time.sleep(max(0.0, stop - time.perf_counter()))
+        cpu = time.process_time() - cpu0
+        with lock:
+            done = len(answered)
+        end = stop + cfg.deadline_ms / 1000  # the last requests' answers
+        while time.perf_counter() < end and sent:
+            time.sleep(0.01)
+    finally:
+        for t in transports:
+            t.close()
+    with lock:
+        counts["lost"] = len(sent)
+    return {
+        "answered_in_window": done,  # replies before `stop`: the throughput
+        "counts": dict(counts),
+        "latency_ms": [round(x, 3) for x, _ in answered],
+        "server_ms": [round(x, 3) for _, x in answered],
+        "cpu_s": cpu,
+        "last_send_s": cfg.seconds,
     }
 
 
@@ -332,17 +430,22 @@ class Target:
     work: Path  # generator configs, results and logs
 
 
-def run_step(
-    target: Target,
-    devices: int,
-    rate: float,
-    seconds: float,
-    deadline_ms: float,
-    generators: int,
-) -> dict[str, Any]:
-    """One (K, R) step: start the generators, send, collect, and measure the server."""
+@dataclass
+class _Drive:
+    """What one step's generators returned and what the servers did while they sent."""
+
+    parts: list[dict[str, Any]]  # one result per generator process
+    delta: dict[str, float]  # the servers' counters over the step, answered backlog included
+    cpu_shares: dict[str, float | None]  # over the sending window (see _cpu_shares)
+    rss_mb: dict[str, float]  # servers' RSS at the start and end of the sending window
+
+
+def _drive(
+    target: Target, devices: int, generators: int, tag: str, result_timeout: float, **kw: Any
+) -> _Drive:
+    """Split `devices` over generator processes configured by `kw` (GeneratorConfig fields),
+    start them together and measure the servers while they send."""
     g = max(1, min(generators, devices))
-    work, ports = target.work, target.metrics_ports
     cfgs = [
         GeneratorConfig(
             url=target.url,
@@ -351,20 +454,19 @@ def run_step(
             shape=target.shape,
             device_ids=tuple(range(i, devices, g)),
             devices=devices,
-            rate=rate,
-            seconds=seconds,
-            deadline_ms=deadline_ms,
-            out=str(work / f"gen-{devices}x{rate:g}-{i}.json"),
+            out=str(target.work / f"{tag}-{i}.json"),
+            **kw,
         )
         for i in range(g)
     ]
+    seconds = cfgs[0].seconds
     gens: list[_Generator] = []
     try:
         for i, cfg in enumerate(cfgs):
-            gens.append(_Generator(cfg, work / f"gen-{devices}x{rate:g}-{i}.log"))
+            gens.append(_Generator(cfg, target.work / f"{tag}-{i}.log"))
         for gen in gens:
             gen.wait_ready()
-        before = server_counters(ports)
+        before = server_counters(target.metrics_ports)
         start = time.time() + GENERATOR_START_S
         for gen in gens:
             gen.go(start)
@@ -374,12 +476,34 @@ def run_step(
         time.sleep(max(0.0, start + seconds - time.time()))
         cpu1, all1 = _cpu(target), machine_cpu()
         window = time.time() - start
-        parts = [gen.result(seconds + deadline_ms / 1000 + 60) for gen in gens]
+        parts = [gen.result(result_timeout) for gen in gens]
         rss1 = _rss(target)
     finally:
         for gen in gens:
             gen.close()
-    after = _drain(ports, 30.0)
+    after = _drain(target.metrics_ports, 30.0)
+    return _Drive(
+        parts,
+        {k: after[k] - before.get(k, 0.0) for k in after},
+        _cpu_shares(parts, cpu0, cpu1, all1 - all0, window),
+        {"start": rss0, "end": rss1},
+    )
+
+
+def run_step(
+    target: Target,
+    devices: int,
+    rate: float,
+    seconds: float,
+    deadline_ms: float,
+    generators: int,
+) -> dict[str, Any]:
+    """One (K, R) step: start the generators, send, collect, and measure the server."""
+    run = _drive(
+        target, devices, generators, f"gen-{devices}x{rate:g}", seconds + deadline_ms / 1000 + 60,
+        rate=rate, seconds=seconds, deadline_ms=deadline_ms,
+    )  # fmt: skip
+    parts, delta = run.parts, run.delta
     counts: Counter[str] = Counter()
     for p in parts:
         counts.update(p["counts"])
@@ -388,7 +512,6 @@ def run_step(
     scheduled = sum(p["scheduled"] for p in parts)
     send_window = max(seconds, max(p["last_send_s"] for p in parts))
     offered = devices * rate
-    delta = {k: after[k] - before.get(k, 0.0) for k in after}  # this step's share
     server = {k: v for k, v in delta.items() if k.endswith("_total") or "errors_" in k}
 
     def mean(name: str) -> float | None:  # of a histogram, over this step
@@ -412,18 +535,54 @@ def run_step(
         "p99_ms": _percentile(latency, 99),
         "max_ms": _percentile(latency, 100),
         "send_lag_p99_ms": _percentile(lag, 99),
-        "generators": g,
-        "mean_batch": server.get("ddnn_replies_total", 0.0)
-        / max(server.get("ddnn_batches_total", 0.0), 1.0),
+        "generators": len(parts),
+        "mean_batch": _mean_batch(delta),
         # time inside the server: a long latency with a short queue means the backlog sat
         # before the workers (broker, socket, the server's network thread)
         "server_queue_ms_mean": mean("queue_ms"),
         "server_batch_compute_ms_mean": mean("batch_compute_ms"),
-        **_cpu_shares(parts, cpu0, cpu1, all1 - all0, window),
-        "server_rss_mb": {"start": rss0, "end": rss1},
+        **run.cpu_shares,
+        "server_rss_mb": run.rss_mb,
         "server_received": server.get("ddnn_requests_received_total", 0.0),
         "server_counters": server,
     }
+
+
+def closed_loop_step(
+    target: Target, devices: int, window: int, seconds: float, generators: int
+) -> dict[str, Any]:
+    """Capacity with `devices` closed-loop devices keeping `window` requests in flight each:
+    answers per second, latency, time in the server and who used the CPU."""
+    run = _drive(
+        target, devices, generators, f"closed-{devices}x{window}", seconds + 60,
+        rate=0.0, seconds=seconds, deadline_ms=10_000.0, window=window,
+    )  # fmt: skip
+    latency = [x for p in run.parts for x in p["latency_ms"]]
+    inside = [x for p in run.parts for x in p["server_ms"]]
+    if not latency:
+        raise DdnnError(f"no request was answered in {seconds:g} s with {devices} device(s)")
+    counts: Counter[str] = Counter()
+    for p in run.parts:
+        counts.update(p["counts"])
+    rate = sum(p["answered_in_window"] for p in run.parts) / seconds
+    server_cores = (run.cpu_shares["server_cpu_pct"] or 0.0) / 100
+    return {
+        "devices": devices,
+        "in_flight": devices * window,
+        "requests_per_s": rate,
+        "p50_ms": _percentile(latency, 50),
+        "p95_ms": _percentile(latency, 95),
+        "server_p50_ms": _percentile(inside, 50),  # queue + compute, as the replies say
+        "mean_batch": _mean_batch(run.delta),
+        "errors": counts["errors"] + counts["send_errors"],
+        "lost": counts["lost"],
+        **run.cpu_shares,
+        "requests_per_server_cpu_s": rate / max(server_cores, 1e-9),
+    }
+
+
+def _mean_batch(delta: dict[str, float]) -> float:
+    return delta.get("ddnn_replies_total", 0.0) / max(delta.get("ddnn_batches_total", 0.0), 1.0)
 
 
 def _cpu(target: Target) -> tuple[float, float | None]:

@@ -401,7 +401,10 @@ def register(sub: Any) -> None:
 def cmd_bench_runtime(args: argparse.Namespace) -> int:
     from ddnn.bench.runtime import bench_runtime, bench_runtime_text, plot_capacity
 
-    result = bench_runtime(args.run_dir, args.repeats, args.seconds, args.max_devices)
+    result = bench_runtime(
+        args.run_dir, args.repeats, args.seconds, args.max_devices, args.window, args.servers,
+        args.generators,
+    )  # fmt: skip
     if args.plot:
         plot_capacity(result, Path(args.plot))
     print(json.dumps(result) if args.json else bench_runtime_text(result))
@@ -413,7 +416,10 @@ def register_bench(bsub: Any) -> None:
     p.add_argument("run_dir", help="a trained model folder (a device section with bits)")
     p.add_argument("--repeats", type=int, default=300)
     p.add_argument("--seconds", type=float, default=5.0, help="per throughput point")
-    p.add_argument("--max-devices", type=int, default=8)
+    p.add_argument("--max-devices", type=int, default=8, help="sweep 1, 2, 4, ... up to it")
+    p.add_argument("--window", type=int, default=16, help="requests each device keeps in flight")
+    p.add_argument("--servers", type=int, default=1, help="`ddnn serve` processes sharing the load")
+    p.add_argument("--generators", type=int, default=2, help="load generator processes")
     p.add_argument("--plot", help="PNG of throughput and p95 against devices")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_bench_runtime)

@@ -155,7 +155,10 @@ class MqttTransport(Transport):
             client_id=self.client_id,
             protocol=paho.MQTTv5,
         )
-        client.on_log = _paho_log
+        # With on_log set paho formats a line for every packet, 5 % of a busy server's GIL
+        # time; the lines only show at DEBUG, so they are asked for only then.
+        if logger.isEnabledFor(logging.DEBUG):
+            client.on_log = _paho_log
         client.on_socket_open = _set_nodelay
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect

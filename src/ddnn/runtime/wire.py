@@ -7,6 +7,7 @@ canonical: any input that `encode_frame` could not have produced raises `FrameEr
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 import re
@@ -33,6 +34,7 @@ _REQUEST = struct.Struct("<QQHB")  # request_id, frame_id, model_version, sectio
 _REPLY = struct.Struct("<QBBifff")  # request_id, status, exit, predicted, entropy, queue, compute
 _ERROR = struct.Struct("<QBH")  # request_id, code, message length
 _TENSOR = struct.Struct("<BB")  # encoding, ndim
+_DIMS = [struct.Struct(f"<{n}I") for n in range(MAX_NDIM + 1)]  # a tensor's shape, by ndim
 _F32 = struct.Struct("<f")
 _F32_MAX = float(np.finfo(np.float32).max)
 _INT8_MAX_SCALE = _F32_MAX / 127  # larger scales overflow float32 when decoded
@@ -62,6 +64,9 @@ class Encoding(IntEnum):
     UNIT8 = 5  # values in [0, 1] (image pixels), one byte each: value = q / 255
 
 
+_ENCODING_NAMES = {e: e.name.lower() for e in Encoding}  # for messages, without enum lookups
+
+
 class Status(IntEnum):
     """Reply status and error codes; values >= 16 are errors."""
 
@@ -84,10 +89,16 @@ FrameT = TypeVar("FrameT")
 EnumT = TypeVar("EnumT", bound=IntEnum)
 
 
+@functools.cache
+def _members(cls: type[EnumT]) -> dict[int, EnumT]:
+    return {m.value: m for m in cls}
+
+
 def _enum(cls: type[EnumT], value: Any, what: str) -> EnumT:
+    """A table lookup: `cls(value)` costs a microsecond, on every field of every frame."""
     try:
-        return cls(value)
-    except (ValueError, TypeError):
+        return _members(cls)[value]
+    except (KeyError, TypeError):
         known = ", ".join(f"{m.value}={m.name.lower()}" for m in cls)
         raise FrameError(f"unknown {what} {value!r} (known: {known})") from None
 
@@ -427,49 +438,64 @@ def encode_frame(frame: Frame) -> bytes:
 
 
 class _Reader:
-    """Bounds-checked cursor: every read either succeeds or raises FrameError."""
+    """Bounds-checked cursor: every read either succeeds or raises FrameError. What a read is
+    for is a %-format filled in only when it fails: formatting it for every field of every
+    message cost more than the reads."""
+
+    __slots__ = ("data", "pos")
 
     def __init__(self, data: bytes | bytearray) -> None:
-        self.view = memoryview(data)
+        self.data = data
         self.pos = 0
 
-    def take(self, n: int, what: str) -> memoryview:
-        left = len(self.view) - self.pos
+    def _advance(self, n: int, what: str, args: tuple) -> int:
+        """Claim the next n bytes; returns where they start."""
+        start = self.pos
+        left = len(self.data) - start
         if n > left:
             raise FrameError(
-                f"truncated frame: {what} needs {n} bytes at offset {self.pos}, only {left} left"
+                f"truncated frame: {what % args} needs {n} bytes at offset {start}, only {left} "
+                "left"
             )
-        self.pos += n
-        return self.view[self.pos - n : self.pos]
+        self.pos = start + n
+        return start
 
-    def unpack(self, layout: struct.Struct, what: str) -> tuple:
-        return layout.unpack(self.take(layout.size, what))
+    def take(self, n: int, what: str, *args: object) -> bytes:
+        start = self._advance(n, what, args)
+        return bytes(self.data[start : start + n])
 
-    def u8(self, what: str) -> int:
-        return self.take(1, what)[0]
+    def unpack(self, layout: struct.Struct, what: str, *args: object) -> tuple:
+        return layout.unpack_from(self.data, self._advance(layout.size, what, args))
 
-    def text(self, what: str, length: int | None = None) -> str:
-        raw = self.take(self.u8(f"{what} length") if length is None else length, what)
+    def u8(self, what: str, *args: object) -> int:
+        return self.data[self._advance(1, what, args)]
+
+    def text(self, what: str, *args: object, length: int | None = None) -> str:
+        raw = self.take(self.u8(what + " length", *args) if length is None else length, what, *args)
         try:
-            return str(raw, "utf-8")
+            return raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise FrameError(f"{what} is not valid UTF-8 ({exc.reason})") from None
+            raise FrameError(f"{what % args} is not valid UTF-8 ({exc.reason})") from None
 
     def tensors(self) -> list[Tensor]:
         return [self.tensor(i) for i in range(self.u8("tensor count"))]
 
     def tensor(self, index: int) -> Tensor:
-        name = self.text(f"tensor {index} name")
-        enc_raw, ndim = self.unpack(_TENSOR, f"tensor {name!r} header")
-        encoding = _enum(Encoding, enc_raw, f"encoding of tensor {name!r}")
+        name = self.text("tensor %d name", index)
+        enc_raw, ndim = self.unpack(_TENSOR, "tensor %r header", name)
+        encoding = _members(Encoding).get(enc_raw) or _enum(
+            Encoding, enc_raw, f"encoding of tensor {name!r}"
+        )
         if ndim > MAX_NDIM:
             raise FrameError(f"tensor {name!r} claims {ndim} dimensions; the limit is {MAX_NDIM}")
-        shape = struct.unpack(f"<{ndim}I", self.take(4 * ndim, f"tensor {name!r} shape"))
+        shape = self.unpack(_DIMS[ndim], "tensor %r shape", name)
         size = payload_size(encoding, math.prod(shape))
-        what = f"payload of tensor {name!r} {shape} {encoding.name.lower()}"
+        payload = self.take(
+            size, "payload of tensor %r %s %s", name, shape, _ENCODING_NAMES[encoding]
+        )
         if not name:
             raise FrameError(f"tensor {index} has an empty name")
-        tensor = _decoded(Tensor, name, encoding, shape, bytes(self.take(size, what)))
+        tensor = _decoded(Tensor, name, encoding, shape, payload)
         tensor._check_payload()
         return tensor
 
@@ -523,7 +549,7 @@ def _read_error(r: _Reader) -> ErrorFrame:
     request_id, code, length = r.unpack(_ERROR, "error header")
     if length > MAX_MESSAGE_BYTES:
         raise FrameError(f"error message of {length} bytes exceeds {MAX_MESSAGE_BYTES}")
-    message = r.text("error message", length)
+    message = r.text("error message", length=length)
     return ErrorFrame(request_id or None, _enum(Status, code, "error code"), message)
 
 
@@ -538,7 +564,7 @@ def decode_frame(data: bytes | bytearray | memoryview) -> Frame:
     """Parse one frame; raises FrameError (and nothing else) for any malformed input."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise FrameError(f"frames are bytes, got {type(data).__name__}")
-    r = _Reader(data.tobytes() if isinstance(data, memoryview) else data)
+    r = _Reader(data)
     magic, version, kind = r.unpack(_HEAD, "frame header")
     if magic != MAGIC:
         raise FrameError(f"bad magic {bytes(magic)!r}: not a ddnn frame (expected {MAGIC!r})")
@@ -548,8 +574,8 @@ def decode_frame(data: bytes | bytearray | memoryview) -> Frame:
             "run the same ddnn release on every tier"
         )
     frame = _READERS[_enum(Kind, kind, "frame kind")](r)
-    if r.pos != len(r.view):
-        extra = len(r.view) - r.pos
+    if r.pos != len(r.data):
+        extra = len(r.data) - r.pos
         raise FrameError(f"{extra} trailing bytes after a complete {frame_name(frame)} frame")
     return frame
 
