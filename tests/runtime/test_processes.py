@@ -3,6 +3,7 @@ MQTT, in one process."""
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
@@ -174,7 +175,10 @@ def test_a_lone_request_is_answered_inline_and_a_burst_is_batched(tiny_ddnn, hub
     x, _ = samples(4)
     burst = Requester(hub(), "burst")
     try:
-        lone = [device.infer(x[i].numpy(), i) for i in range(3)]  # one at a time: idle server
+        lone = []
+        for i in range(3):  # one at a time, spaced: each finds the server idle
+            time.sleep(0.02)  # in memory a reply-to-next-request gap can be under _INLINE_GAP_S
+            lone.append(device.infer(x[i].numpy(), i))
         first = server.metrics.counter("inline_requests_total")
         pending = []
         for _ in range(40):  # all at once: they queue up behind each other

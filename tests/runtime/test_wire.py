@@ -231,6 +231,25 @@ def test_malformed_frames_raise_frame_error(data: bytes, message: str) -> None:
         decode_frame(data)
 
 
+def test_any_bytes_like_input_decodes_alike() -> None:
+    """The reader works on the bytes, whatever buffer they arrive in (paho hands over bytes,
+    applications may pass views of other item sizes)."""
+    assert len(VALID) % 2 == 0  # so that a 16-bit view covers it exactly
+    views = [
+        bytearray(VALID),
+        memoryview(VALID),
+        memoryview(b"zz" + VALID)[2:],
+        memoryview(VALID).cast("H"),
+    ]
+    assert all(decode_frame(v) == decode_frame(VALID) for v in views)
+
+
+def test_an_empty_tensor_name_is_named_before_a_short_payload() -> None:
+    no_name = VALID[:34] + b"\x00" + VALID[36:]  # name length 0, the name 'x' removed
+    with pytest.raises(FrameError, match="tensor 0 has an empty name"):
+        decode_frame(no_name[:-1])
+
+
 def test_every_truncation_raises_frame_error() -> None:
     for end in range(len(VALID)):
         with pytest.raises(FrameError):

@@ -201,10 +201,13 @@ def run_closed_loop(cfg: GeneratorConfig, ready: IO[str], go: IO[str]) -> dict[s
     def handler(j: int) -> Callable[[str, bytes], None]:
         def on_reply(topic: str, payload: bytes) -> None:
             now = time.perf_counter()
-            frame = decode_frame(payload)
+            try:
+                frame = decode_frame(payload)
+            except DdnnError:
+                frame = None
             with lock:
-                t = sent.pop((j, frame.request_id), None)
-                if t is None:
+                t = None if frame is None else sent.pop((j, frame.request_id), None)
+                if frame is None or t is None:  # that request stays in flight: lost
                     counts["unmatched"] += 1
                     return
                 if isinstance(frame, Reply):
@@ -574,7 +577,8 @@ def closed_loop_step(
         "p95_ms": _percentile(latency, 95),
         "server_p50_ms": _percentile(inside, 50),  # queue + compute, as the replies say
         "mean_batch": _mean_batch(run.delta),
-        "errors": counts["errors"] + counts["send_errors"],
+        # unreadable or unmatched replies too: a device whose request got one stops sending
+        "errors": counts["errors"] + counts["send_errors"] + counts["unmatched"],
         "lost": counts["lost"],
         **run.cpu_shares,
         "requests_per_server_cpu_s": rate / max(server_cores, 1e-9),

@@ -95,10 +95,14 @@ def _members(cls: type[EnumT]) -> dict[int, EnumT]:
 
 
 def _enum(cls: type[EnumT], value: Any, what: str) -> EnumT:
-    """A table lookup: `cls(value)` costs a microsecond, on every field of every frame."""
+    """A table lookup first: `cls(value)` costs a microsecond, on every field of every frame."""
     try:
         return _members(cls)[value]
-    except (KeyError, TypeError):
+    except (KeyError, TypeError):  # e.g. a 0-d numpy array, which cls() accepts
+        pass
+    try:
+        return cls(value)
+    except (ValueError, TypeError):
         known = ", ".join(f"{m.value}={m.name.lower()}" for m in cls)
         raise FrameError(f"unknown {what} {value!r} (known: {known})") from None
 
@@ -490,11 +494,11 @@ class _Reader:
             raise FrameError(f"tensor {name!r} claims {ndim} dimensions; the limit is {MAX_NDIM}")
         shape = self.unpack(_DIMS[ndim], "tensor %r shape", name)
         size = payload_size(encoding, math.prod(shape))
+        if not name:
+            raise FrameError(f"tensor {index} has an empty name")
         payload = self.take(
             size, "payload of tensor %r %s %s", name, shape, _ENCODING_NAMES[encoding]
         )
-        if not name:
-            raise FrameError(f"tensor {index} has an empty name")
         tensor = _decoded(Tensor, name, encoding, shape, payload)
         tensor._check_payload()
         return tensor
@@ -564,7 +568,7 @@ def decode_frame(data: bytes | bytearray | memoryview) -> Frame:
     """Parse one frame; raises FrameError (and nothing else) for any malformed input."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise FrameError(f"frames are bytes, got {type(data).__name__}")
-    r = _Reader(data)
+    r = _Reader(data.tobytes() if isinstance(data, memoryview) else data)  # any layout
     magic, version, kind = r.unpack(_HEAD, "frame header")
     if magic != MAGIC:
         raise FrameError(f"bad magic {bytes(magic)!r}: not a ddnn frame (expected {MAGIC!r})")
