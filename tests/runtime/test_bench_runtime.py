@@ -1,6 +1,14 @@
 import pytest
 
+from ddnn.bench.floor import FloorConfig, FloorProcess
+from ddnn.bench.load import server_counters
+from ddnn.bench.offload import offload_request
 from ddnn.bench.runtime import bench_runtime, bench_runtime_text
+from ddnn.errors import DdnnError
+from ddnn.runtime.broker import free_port
+from ddnn.runtime.client import Requester
+from ddnn.runtime.mqtt import MqttTransport
+from ddnn.runtime.wire import Reply, request_topic
 
 pytestmark = pytest.mark.integration
 
@@ -8,6 +16,7 @@ pytestmark = pytest.mark.integration
 def test_bench_runtime_measures_everything_in_one_run(tiny_ddnn):
     r = bench_runtime(str(tiny_ddnn), repeats=20, seconds=0.5, max_devices=2, window=4)
     assert r["round_trip"]["echo_median_ms"] > 0 and r["round_trip"]["framework_median_ms"] > 0
+    assert r["round_trip"]["device_to_floor_median_ms"] > 0
     assert r["bytes"]["payload"] == 98 and 0 < r["bytes"]["frame_overhead"] <= 64
     assert r["bytes"]["mqtt_packet"] > r["bytes"]["frame"]
     assert [s["devices"] for s in r["throughput"]["sweep"]] == [1, 2]
@@ -20,4 +29,41 @@ def test_bench_runtime_measures_everything_in_one_run(tiny_ddnn):
     assert [s["in_flight"] for s in sweep] == [4, 8]
     assert all(s["lost"] == 0 and s["errors"] == 0 for s in sweep)
     assert r["throughput"]["per_cpu_ratio"] > 0
-    assert "ratio" in bench_runtime_text(r)
+    # the paho floor ran the heaviest step; the server's CPU per request is split around it
+    floor, split = r["throughput"]["floor"], r["throughput"]["cpu_per_request"]
+    assert floor["devices"] == 2 and floor["requests_per_s"] > 0 and floor["lost"] == 0
+    assert floor["errors"] == 0 and floor["mean_batch"] == 1
+    assert split["forward_us"] > 0 and split["mqtt_floor_us"] > 0
+    assert split["server_us"] == pytest.approx(
+        split["forward_us"] + split["mqtt_floor_us"] + split["ddnn_us"]
+    )
+    assert 0 < split["bound_without_ddnn"] < 1
+    assert "ratio" in bench_runtime_text(r) and "paho floor" in bench_runtime_text(r)
+
+
+def test_the_paho_floor_answers_requests_with_valid_replies(broker, tmp_path):
+    cfg = FloorConfig(broker.url, "tiny", 1, free_port())
+    floor = FloorProcess(cfg, tmp_path / "floor.log")
+    try:
+        with MqttTransport.from_url(broker.url) as t:
+            req = Requester(t, "dev7")
+            answers = []
+            for _ in range(3):
+                r = offload_request((1, 2, 4, 4), "tiny", 1, req.next_id(), "dev7")
+                pending, _ = req.send(request_topic("tiny", 1, "dev7"), r)
+                answers.append((r.request_id, req.wait(r.request_id, pending, 5.0)))
+            req.close()
+        for rid, answer in answers:  # each reply carries its own request's id
+            assert isinstance(answer, Reply) and answer.request_id == rid
+        counters = server_counters([cfg.http_port])
+        assert counters["ddnn_requests_received_total"] == 3
+        assert counters["ddnn_replies_total"] == 3
+    finally:
+        floor.stop()
+    assert floor.proc.returncode == 0  # ends cleanly when told to
+
+
+def test_the_paho_floor_names_an_unreachable_broker(tmp_path):
+    cfg = FloorConfig(f"mqtt://127.0.0.1:{free_port()}", "tiny", 1)
+    with pytest.raises(DdnnError, match=r"paho floor failed to start(.|\n)*cannot reach"):
+        FloorProcess(cfg, tmp_path / "floor.log")

@@ -26,7 +26,6 @@ import logging
 import math
 import os
 import secrets
-import subprocess
 import sys
 import tempfile
 import threading
@@ -40,6 +39,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from ddnn.bench.child import ConfiguredChild
 from ddnn.errors import DdnnError
 from ddnn.runtime.broker import broker_or_own, free_port
 from ddnn.runtime.metrics import parse_samples
@@ -271,59 +271,21 @@ def generator_main() -> None:
     Path(cfg.out).write_text(json.dumps(result))
 
 
-class _Generator:
-    """A generator child process (`python -c ...generator_main()`), driven over its pipes."""
+class _Generator(ConfiguredChild):
+    """A generator child process, driven over its pipes."""
 
     def __init__(self, cfg: GeneratorConfig, log_path: Path) -> None:
+        super().__init__("ddnn.bench.load:generator_main", asdict(cfg), log_path, "load generator")
         self.cfg = cfg
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        code = "from ddnn.bench.load import generator_main; generator_main()"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", code],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            text=True,
-        )
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps(asdict(cfg)) + "\n")
-        self.proc.stdin.flush()
-
-    def wait_ready(self) -> None:
-        assert self.proc.stdout is not None
-        if self.proc.stdout.readline().strip() != "ready":
-            self.proc.wait()
-            raise DdnnError(f"load generator failed to start:\n{self._tail()}")
 
     def go(self, start_epoch: float) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(f"{start_epoch!r}\n")
-        self.proc.stdin.close()
+        self.send(repr(start_epoch), last=True)
 
     def result(self, timeout: float) -> dict[str, Any]:
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise DdnnError(f"load generator did not finish in {timeout:.0f} s") from None
+        code = self.finish(timeout)
         if code != 0:
-            raise DdnnError(f"load generator exited with code {code}:\n{self._tail()}")
+            raise DdnnError(f"load generator exited with code {code}:\n{self.tail()}")
         return dict(json.loads(Path(self.cfg.out).read_text()))
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            if pipe is not None and not pipe.closed:
-                pipe.close()
-        self._log.close()
-
-    def _tail(self, lines: int = 15) -> str:
-        self._log.flush()
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
 # --- measuring the server process ------------------------------------------------------------

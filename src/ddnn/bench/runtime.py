@@ -6,7 +6,9 @@
 2. bytes on the wire per offloaded request against its payload;
 3. server throughput (many requests in flight, from load generator processes) against the same
    section's in-process batched forward, and throughput / p95 latency as closed-loop devices
-   are added.
+   are added;
+4. the same load against a bare paho responder (`ddnn.bench.floor`), which splits the server's
+   CPU per request into the model's forward, the MQTT client's floor and ddnn's own code.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 import paho.mqtt.client as paho
 import torch
 
+from ddnn.bench.floor import FloorConfig, FloorProcess, FloorResponder
 from ddnn.bench.load import Target, closed_loop_step
 from ddnn.bench.offload import offload_request, offload_shape
 from ddnn.errors import DdnnError
@@ -93,26 +96,44 @@ class _Served:
         return offload_request(self.shape, self.name, self.version, rid, device)
 
 
-def framework_rtt(url: str, served: _Served, repeats: int) -> tuple[list[float], int, int, int]:
-    """(round trips ms minus server compute, frame bytes, packet bytes, payload bytes)."""
-    with MqttTransport.from_url(url) as st, MqttTransport.from_url(url) as dt:
-        server = InferenceServer(st, served.db, workers=1)
+def _device_round_trips(
+    url: str, served: _Served, repeats: int
+) -> tuple[list[float], int, int, int]:
+    """A ddnn device's offloaded requests, one at a time, to whatever answers section 1:
+    (round trips ms minus the compute the reply reports, frame bytes, packet bytes, payload
+    bytes)."""
+    with MqttTransport.from_url(url) as dt:
         req = Requester(dt, "bench0")
-        times = []
         topic = request_topic(served.name, 1, "bench0")
+        times = []
         try:
             for _ in range(repeats):
                 r = served.request(req.next_id(), "bench0")
                 pending, sent = req.send(topic, r)
                 answer = req.wait(r.request_id, pending, 5.0)
                 if not isinstance(answer, Reply):
-                    raise RuntimeError(f"framework request failed: {answer}")
+                    raise RuntimeError(f"offloaded request failed: {answer}")
                 times.append((pending.received_at - pending.sent_at) * 1000 - answer.compute_ms)
         finally:
             req.close()
+        return times, sent.frame_bytes, sent.packet_bytes, len(r.tensors[0].payload)
+
+
+def framework_rtt(url: str, served: _Served, repeats: int) -> tuple[list[float], int, int, int]:
+    """A ddnn device to a ddnn server (in this process, as the echo's two clients are)."""
+    with MqttTransport.from_url(url) as st:
+        server = InferenceServer(st, served.db, workers=1)
+        try:
+            return _device_round_trips(url, served, repeats)
+        finally:
             server.close()
-        payload = len(r.tensors[0].payload)
-        return times, sent.frame_bytes, sent.packet_bytes, payload
+
+
+def floor_rtt(url: str, served: _Served, repeats: int) -> list[float]:
+    """A ddnn device to the paho floor responder, which only replies: what is left of the gap
+    to the echo with no ddnn server code."""
+    with FloorResponder(FloorConfig(url, served.name, 1)):
+        return _device_round_trips(url, served, repeats)[0]
 
 
 def capacity_sweep(
@@ -150,6 +171,48 @@ def capacity_sweep(
     finally:
         for proc in procs:
             proc.stop()
+
+
+def floor_step(
+    url: str,
+    served: _Served,
+    broker_pid: int,
+    devices: int,
+    window: int,
+    seconds: float,
+    generators: int,
+    work: Path,
+) -> dict[str, Any]:
+    """The capacity sweep's heaviest step against the paho floor responder instead of
+    `ddnn serve`: what answering costs the MQTT client alone, under the same load."""
+    cfg = FloorConfig(url, served.name, 1, free_port())
+    floor = FloorProcess(cfg, work / "floor.log")
+    try:
+        target = Target(
+            url, served.name, served.version, served.shape, (floor.pid,), broker_pid,
+            (cfg.http_port,), work,
+        )  # fmt: skip
+        return closed_loop_step(target, devices, window, seconds, generators)
+    finally:
+        floor.stop()
+
+
+def cpu_split(
+    server_per_cpu_s: float, floor_per_cpu_s: float, forward_per_cpu_s: float
+) -> dict[str, float]:
+    """CPU microseconds per request: the server's, split into the forward (in-process, full
+    batches), the paho floor and the rest (ddnn's own code); and the ratio per CPU-second a
+    server with no code of its own would reach, forward / (forward + floor)."""
+    server, floor, forward = (
+        1e6 / x for x in (server_per_cpu_s, floor_per_cpu_s, forward_per_cpu_s)
+    )
+    return {
+        "server_us": server,
+        "forward_us": forward,
+        "mqtt_floor_us": floor,
+        "ddnn_us": server - floor - forward,
+        "bound_without_ddnn": forward / (forward + floor),
+    }
 
 
 def in_process_throughput(ex: SectionExecutor, batch: int, seconds: float) -> tuple[float, float]:
@@ -195,17 +258,22 @@ def bench_runtime(
         # both sides of the ratio alike
         fw: list[float] = []
         echo: list[float] = []
+        floor_rt: list[float] = []
         for _ in range(_RTT_ROUNDS):
             times, frame_bytes, packet_bytes, payload = framework_rtt(
                 broker.url, served, max(repeats // _RTT_ROUNDS, 1)
             )
             fw += times
             echo += bare_echo_rtt(broker.port, b"\x00" * frame_bytes, len(times))
+            floor_rt += floor_rtt(broker.url, served, len(times))
         devices = [d for d in (1, 2, 4, 8, 16) if d <= max_devices]
         sweep = capacity_sweep(
             broker.url, served, broker.pid, devices, window, seconds, servers, generators,
             Path(logs),
         )  # fmt: skip
+        floor = floor_step(
+            broker.url, served, broker.pid, devices[-1], window, seconds, generators, Path(logs)
+        )
     one, ceiling_per_cpu = in_process_throughput(
         served.db.get(served.name, served.version), _BATCH, seconds
     )
@@ -222,6 +290,8 @@ def bench_runtime(
             "echo_median_ms": statistics.median(echo),
             "ratio": statistics.median(fw) / statistics.median(echo),
             "target": 1.5,
+            # ddnn's device against a responder that only replies (`ddnn.bench.floor`)
+            "device_to_floor_median_ms": statistics.median(floor_rt),
             "repeats": len(fw),
         },
         "bytes": {
@@ -247,18 +317,28 @@ def bench_runtime(
             "in_process_per_cpu_s": ceiling_per_cpu,
             "per_cpu_ratio": best_per_cpu / ceiling_per_cpu,
             "sweep": sweep,
+            "floor": floor,
+            # at the heaviest step, which the floor ran too (server CPU summed over processes)
+            "cpu_per_request": cpu_split(
+                sweep[-1]["requests_per_server_cpu_s"],
+                floor["requests_per_server_cpu_s"],
+                ceiling_per_cpu,
+            ),
         },
     }
 
 
 def bench_runtime_text(r: dict[str, Any]) -> str:
     rt, by, th = r["round_trip"], r["bytes"], r["throughput"]
+    fl, cs = th["floor"], th["cpu_per_request"]
     lines = [
         f"model {r['model']}, one Mosquitto on loopback",
         f"round trip, offloaded request (server compute subtracted), median of {rt['repeats']}:",
         f"  bare paho echo, same payload  {rt['echo_median_ms']:.3f} ms",
         f"  ddnn device -> server         {rt['framework_median_ms']:.3f} ms",
         f"  ratio                         {rt['ratio']:.2f} (target <= {rt['target']})",
+        f"  ddnn device -> paho floor     {rt['device_to_floor_median_ms']:.3f} ms (a server "
+        "that only replies: the rest of the gap is the ddnn server's)",
         f"bytes per offloaded request: payload {by['payload']}, ddnn frame {by['frame']} "
         f"(overhead {by['frame_overhead']}, target <= {by['target_overhead']}), MQTT PUBLISH "
         f"packet {by['mqtt_packet']} (overhead {by['mqtt_overhead']})",
@@ -268,6 +348,12 @@ def bench_runtime_text(r: dict[str, Any]) -> str:
         f"{th['ratio']:.2f} (target >= {th['target']})",
         f"per CPU-second: servers {th['server_per_cpu_s']:.0f} requests vs in-process "
         f"{th['in_process_per_cpu_s']:.0f} samples: ratio {th['per_cpu_ratio']:.2f}",
+        f"paho floor (a bare paho responder, no ddnn code, same load as the last row): "
+        f"{fl['requests_per_s']:.0f}/s at {fl['server_cpu_pct']:.0f} % CPU",
+        f"CPU per request at {fl['devices']} devices: server {cs['server_us']:.0f} us = forward "
+        f"{cs['forward_us']:.0f} (in-process, batch {_BATCH}) + paho floor "
+        f"{cs['mqtt_floor_us']:.0f} + ddnn {cs['ddnn_us']:.0f}; with no ddnn cost at all: "
+        f"{cs['bound_without_ddnn']:.2f} per CPU-second",
         "",
         f"Closed-loop devices, {th['window']} requests in flight each, from "
         f"{th['generators']} load generator process(es); CPU in % of one core "

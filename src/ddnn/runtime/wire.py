@@ -33,6 +33,8 @@ _HEAD = struct.Struct("<2sBB")  # magic, version, kind
 _REQUEST = struct.Struct("<QQHB")  # request_id, frame_id, model_version, section
 _REPLY = struct.Struct("<QBBifff")  # request_id, status, exit, predicted, entropy, queue, compute
 _ERROR = struct.Struct("<QBH")  # request_id, code, message length
+# every kind's body starts with the u64 request id: where a relay finds it without decoding
+REQUEST_ID_BYTES = slice(_HEAD.size, _HEAD.size + 8)
 _TENSOR = struct.Struct("<BB")  # encoding, ndim
 _DIMS = [struct.Struct(f"<{n}I") for n in range(MAX_NDIM + 1)]  # a tensor's shape, by ndim
 _F32 = struct.Struct("<f")
