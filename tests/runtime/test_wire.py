@@ -23,6 +23,7 @@ from ddnn.runtime.wire import (
     Tensor,
     decode_frame,
     decode_tensor,
+    encode_answer,
     encode_frame,
     encode_tensor,
     parse_request_topic,
@@ -138,6 +139,23 @@ def test_reply_round_trip() -> None:
     assert (
         isinstance(again, Reply) and again.entropy == 0.25 and again.compute_ms == frame.compute_ms
     )
+
+
+def test_the_servers_answer_bytes_equal_the_encoded_reply() -> None:
+    # encode_answer skips the Reply object; its bytes must be what encode_frame makes of one
+    cases = [
+        (1, 0, 0, 0.0, 0.0, 0.0),
+        (2**64 - 1, -1, 255, 1.0, 12.345678, 0.1),
+        (np.int64(77), np.int64(9), 2, np.float32(0.3), 1e-7, 3.3e38),
+    ]
+    for rid, predicted, exit_index, entropy, queue_ms, compute_ms in cases:
+        expected = encode_frame(
+            Reply(rid, Status.OK, predicted, exit_index, entropy, queue_ms, compute_ms)
+        )
+        answer = encode_answer(rid, predicted, exit_index, entropy, queue_ms, compute_ms)
+        assert answer == expected and decode_frame(answer) == decode_frame(expected)
+    with pytest.raises(FrameError, match="request 5"):
+        encode_answer(5, 0, 256, 0.0, 0.0, 0.0)  # an exit index a byte cannot hold
 
 
 def test_error_round_trip_with_and_without_request_id() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import bisect
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 log = logging.getLogger(__name__)
@@ -26,19 +26,24 @@ class Metrics:
         self._sources: list[tuple[str, Callable[[], dict[str, int]]]] = []
 
     def inc(self, name: str, help_text: str = "", value: float = 1.0, **labels: str) -> None:
-        key = (name, tuple(sorted(labels.items())))
+        key = (name, tuple(sorted(labels.items())) if labels else ())
         with self._lock:
             self._counters[key] = self._counters.get(key, 0.0) + value
             self._help.setdefault(name, help_text)
 
     def observe(self, name: str, value_ms: float, help_text: str = "") -> None:
+        self.observe_many(name, (value_ms,), help_text)
+
+    def observe_many(self, name: str, values_ms: Iterable[float], help_text: str = "") -> None:
+        """Several observations under one lock (a batch's requests)."""
         with self._lock:
             counts, total = self._hists.setdefault(
                 name, ([0] * (len(LATENCY_BUCKETS_MS) + 1), [0.0, 0.0])
             )
-            counts[bisect.bisect_left(LATENCY_BUCKETS_MS, value_ms)] += 1
-            total[0] += value_ms
-            total[1] += 1
+            for value in values_ms:
+                counts[bisect.bisect_left(LATENCY_BUCKETS_MS, value)] += 1
+                total[0] += value
+                total[1] += 1
             self._help.setdefault(name, help_text)
 
     def add_source(self, group: str, read: Callable[[], dict[str, int]]) -> None:

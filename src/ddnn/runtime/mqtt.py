@@ -47,6 +47,7 @@ QOS = 1
 _HINT = "start one with `ddnn broker`, or pass --broker mqtt://host:port"
 STATS = ("connects", "connection_losses", "publishes_refused", "subscriptions_refused")
 _RECENT = 1024  # publishes remembered to name the topic of a refused one
+_ROUTES = 4096  # topics whose handlers are remembered
 
 
 def _set_nodelay(client: paho.Client, userdata: Any, sock: Any) -> None:
@@ -110,6 +111,8 @@ class MqttTransport(Transport):
         self._lock = threading.Lock()  # guards the two subscription maps
         self._subs: dict[str, tuple[int, Handler]] = {}  # filter -> (subscription id, handler)
         self._by_sid: dict[int, str] = {}
+        # topic -> its handlers, for untagged deliveries; emptied whenever `_subs` changes
+        self._routes: dict[str, list[Handler]] = {}
         self._sids = itertools.count(1)
         self._tag = False  # subscribe with identifiers: set once two of our filters overlap
         # held while deciding to tag and while each SUBSCRIBE reads `_tag` and is queued, so
@@ -247,6 +250,7 @@ class MqttTransport(Transport):
             )
             self._subs[topic_filter] = (sid, handler)
             self._by_sid[sid] = topic_filter
+            self._routes.clear()
         if overlap:
             self._start_tagging()
         with self._acks:
@@ -270,6 +274,7 @@ class MqttTransport(Transport):
             entry = self._subs.pop(topic_filter, None)
             if entry is not None:
                 del self._by_sid[entry[0]]
+                self._routes.clear()
         if entry is not None and not self._closed:
             self._client.unsubscribe(topic_filter)
 
@@ -426,14 +431,23 @@ class MqttTransport(Transport):
 
     def _handlers_for(self, topic: str, sids: list[int] | None) -> list[Handler]:
         """By the subscription identifiers a delivery carries (the client's filters overlap),
-        else by matching the topic against the filters."""
+        else by matching the topic against the filters, once per topic: a server sees the same
+        few topics (one per device and section) for every request."""
         with self._lock:
             if sids:
                 filters = [self._by_sid.get(sid) for sid in sids]
                 return [self._subs[f][1] for f in filters if f is not None and f in self._subs]
-            return [
-                h for f, (_, h) in self._subs.items() if topic_matches(split_shared(f)[1], topic)
-            ]
+            handlers = self._routes.get(topic)
+            if handlers is None:
+                handlers = [
+                    h
+                    for f, (_, h) in self._subs.items()
+                    if topic_matches(split_shared(f)[1], topic)
+                ]
+                if len(self._routes) >= _ROUTES:  # many devices: start over, never grow unbounded
+                    self._routes.clear()
+                self._routes[topic] = handlers
+            return handlers
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "connected" if self.connected else "reconnecting"

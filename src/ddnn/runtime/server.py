@@ -24,12 +24,11 @@ from ddnn.runtime.replies import answer_bad_message, publish_quietly, reply_erro
 from ddnn.runtime.transport import Transport
 from ddnn.runtime.wire import (
     FrameError,
-    Reply,
     Request,
     Status,
     decode_frame,
     decode_tensor,
-    encode_frame,
+    encode_answer,
     reply_topic,
     request_filter,
     topic_of,
@@ -280,20 +279,19 @@ class InferenceServer:
         compute_ms = (done - start) * 1000
         self.metrics.observe("batch_compute_ms", compute_ms, "compute time per batch")
         self.metrics.inc("batches_total", "batches run")
-        for job, ans in zip(jobs, answers, strict=True):
-            queue_ms = (start - job.arrived) * 1000
-            self.metrics.observe("queue_ms", queue_ms, "time a request waited before compute")
-            reply = Reply(
-                request_id=job.request.request_id,
-                status=Status.OK,
-                predicted=ans.predicted,
-                exit_index=ans.exit_index,
-                entropy=ans.entropy,
-                queue_ms=queue_ms,
-                compute_ms=compute_ms,
+        waits = [(start - job.arrived) * 1000 for job in jobs]
+        for job, ans, queue_ms in zip(jobs, answers, waits, strict=True):
+            reply = encode_answer(
+                job.request.request_id,
+                ans.predicted,
+                ans.exit_index,
+                ans.entropy,
+                queue_ms,
+                compute_ms,
             )
-            self._publish(reply_topic(job.request.device_id), encode_frame(reply))
-            self.metrics.inc("replies_total", "replies sent", status="ok")
+            self._publish(reply_topic(job.request.device_id), reply)
+        self.metrics.observe_many("queue_ms", waits, "time a request waited before compute")
+        self.metrics.inc("replies_total", "replies sent", value=len(jobs), status="ok")
 
     # -- replies -----------------------------------------------------------------------------
 
