@@ -1,13 +1,15 @@
 import pytest
 
-from ddnn.bench.floor import FloorConfig, FloorProcess
+from ddnn.bench.child import ConfiguredChild
+from ddnn.bench.floor import FloorConfig, FloorProcess, FloorResponder
 from ddnn.bench.load import server_counters
 from ddnn.bench.offload import offload_request
 from ddnn.bench.runtime import bench_runtime, bench_runtime_text
 from ddnn.errors import DdnnError
-from ddnn.runtime.broker import free_port
+from ddnn.runtime.broker import MosquittoBroker, free_port
 from ddnn.runtime.client import Requester
 from ddnn.runtime.mqtt import MqttTransport
+from ddnn.runtime.security import provision
 from ddnn.runtime.wire import Reply, request_topic
 
 pytestmark = pytest.mark.integration
@@ -67,3 +69,22 @@ def test_the_paho_floor_names_an_unreachable_broker(tmp_path):
     cfg = FloorConfig(f"mqtt://127.0.0.1:{free_port()}", "tiny", 1)
     with pytest.raises(DdnnError, match=r"paho floor failed to start(.|\n)*cannot reach"):
         FloorProcess(cfg, tmp_path / "floor.log")
+
+
+def test_the_paho_floor_reports_a_refused_connection(tmp_path):
+    setup = provision(tmp_path / "secure", ["dev0"], tls=False)  # passwords: anonymous refused
+    with MosquittoBroker(security=setup) as broker:
+        cfg = FloorConfig(f"mqtt://127.0.0.1:{broker.port}", "tiny", 1)
+        with pytest.raises(DdnnError, match="refused the floor responder: connection"):
+            FloorResponder(cfg)
+
+
+def test_a_helper_process_that_does_not_say_ready_is_killed_and_named(tmp_path):
+    # says something else and exits: the line is quoted
+    with pytest.raises(DdnnError, match="the helper failed to start \\(it said ''\\)"):
+        ConfiguredChild("builtins:print", {}, tmp_path / "a.log", "helper").wait_ready(30)
+    # alive and silent: killed after the timeout, never a hang
+    child = ConfiguredChild("signal:pause", {}, tmp_path / "b.log", "helper")
+    with pytest.raises(DdnnError, match="it said nothing"):
+        child.wait_ready(0.5)
+    assert child.proc.poll() is not None

@@ -103,9 +103,12 @@ def test_resubscribe_replaces_and_unsubscribe_stops(connect: Connect, make_inbox
     first, second = make_inbox(), make_inbox()
     t = connect()
     t.subscribe("t", first)
+    t.publish("t", b"0")
+    assert first.get() == ("t", b"0")  # a delivery to `first` came first: no stale routing
     t.subscribe("t", second)
     t.publish("t", b"1")
     assert second.get() == ("t", b"1")
+    first.assert_empty()
     t.unsubscribe("t")
     t.unsubscribe("never/subscribed")
     t.publish("t", b"2")

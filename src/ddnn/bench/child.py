@@ -5,7 +5,9 @@ helper shares a GIL with what it measures."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -29,19 +31,26 @@ class ConfiguredChild:
             stderr=self._log,
             text=True,
         )
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps(config) + "\n")
-        self.proc.stdin.flush()
+        try:
+            self.send(json.dumps(config))
+        except OSError:  # it died at once (e.g. an import failed): its log says why
+            self.close()
+            raise DdnnError(f"the {what} exited at start:\n{self.tail()}") from None
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
-    def wait_ready(self) -> None:
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        """Until it says `ready`; a child that exits, says anything else or stays silent for
+        `timeout` seconds is killed and reported with the end of its log."""
         assert self.proc.stdout is not None
-        if self.proc.stdout.readline().strip() != "ready":
-            self.proc.wait()
-            raise DdnnError(f"the {self.what} failed to start:\n{self.tail()}")
+        readable, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline().strip() if readable else None
+        if line != "ready":
+            self.close()
+            said = "nothing" if line is None else repr(line)
+            raise DdnnError(f"the {self.what} failed to start (it said {said}):\n{self.tail()}")
 
     def send(self, line: str, last: bool = False) -> None:
         """A line to its stdin; `last` closes stdin after it (the child sees end of file)."""
@@ -68,9 +77,11 @@ class ConfiguredChild:
         self.proc.wait()
         for pipe in (self.proc.stdin, self.proc.stdout):
             if pipe is not None and not pipe.closed:
-                pipe.close()
+                with contextlib.suppress(OSError):  # unflushed input to a child that is gone
+                    pipe.close()
         self._log.close()
 
     def tail(self, lines: int = 15) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import signal
-import socket
 import sys
 import threading
 from dataclasses import asdict, dataclass
@@ -27,9 +26,10 @@ from ddnn.bench.child import ConfiguredChild
 from ddnn.errors import DdnnError
 from ddnn.runtime.broker import parse_broker_url
 from ddnn.runtime.metrics import Metrics, MetricsServer
-from ddnn.runtime.server import SERVER_GROUP
+from ddnn.runtime.mqtt import set_nodelay
 from ddnn.runtime.wire import (
     REQUEST_ID_BYTES,
+    SERVER_GROUP,
     Reply,
     Status,
     encode_frame,
@@ -61,13 +61,12 @@ class FloorResponder:
         self._head = template[: REQUEST_ID_BYTES.start]
         self._tail = template[REQUEST_ID_BYTES.stop :]
         self._subscribed = threading.Event()
+        self._refused: str | None = None  # the broker's reason, when it refused us
         self._filter = request_filter(cfg.model, cfg.section, group=SERVER_GROUP)
         self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-        self.client.on_socket_open = lambda c, ud, sock: sock.setsockopt(
-            socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
-        )
-        self.client.on_connect = lambda c, ud, flags, rc, props: c.subscribe(self._filter, qos=1)
-        self.client.on_subscribe = lambda c, ud, mid, codes, props: self._subscribed.set()
+        self.client.on_socket_open = set_nodelay
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
         host, port = parse_broker_url(cfg.url)
         try:
@@ -79,14 +78,33 @@ class FloorResponder:
         try:
             if not self._subscribed.wait(10):
                 raise DdnnError(f"the floor responder got no SUBACK from {cfg.url} in 10 s")
+            if self._refused is not None:
+                raise DdnnError(f"{cfg.url} refused the floor responder: {self._refused}")
             if cfg.http_port is not None:
                 self._http = MetricsServer(self.metrics, lambda: True, port=cfg.http_port)
         except BaseException:
             self.close()
             raise
 
+    def _on_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        if reason.is_failure:
+            self._refused = f"connection: {reason}"
+            self._subscribed.set()  # nothing more will come: let the constructor report it
+        else:
+            client.subscribe(self._filter, qos=1)
+
+    def _on_subscribe(
+        self, client: paho.Client, userdata: Any, mid: int, codes: list[Any], props: Any
+    ) -> None:
+        failed = [code for code in codes if code.is_failure]
+        if failed:
+            self._refused = f"subscription {self._filter!r}: {failed[0]}"
+        self._subscribed.set()
+
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        self.metrics.inc("requests_received_total")
+        self.metrics.inc("requests_received_total", "request messages received")
         try:
             device = parse_request_topic(message.topic)[2]
         except DdnnError:
@@ -97,8 +115,8 @@ class FloorResponder:
             log.warning("a %d-byte message has no request id", len(message.payload))
             return
         client.publish(reply_topic(device), self._head + rid + self._tail, qos=1)
-        self.metrics.inc("replies_total")
-        self.metrics.inc("batches_total")  # one request per "batch": it never batches
+        self.metrics.inc("replies_total", "replies sent")
+        self.metrics.inc("batches_total", "one per reply: it never batches")
 
     def close(self) -> None:
         if self._http is not None:
@@ -141,10 +159,11 @@ class FloorProcess(ConfiguredChild):
 
     def stop(self) -> None:
         """End of its stdin tells it to disconnect and exit."""
-        if self.proc.poll() is None:
-            self.send("", last=True)
-            try:
+        try:
+            if self.proc.poll() is None:
+                self.send("", last=True)
                 self.finish(10)
-            except DdnnError:
-                log.warning("the paho floor did not exit when told to; killed it")
-        self.close()
+        except (OSError, DdnnError) as exc:  # it died meanwhile, or would not exit
+            log.warning("the paho floor did not stop cleanly (%s); killed it", exc)
+        finally:
+            self.close()

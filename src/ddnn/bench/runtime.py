@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import statistics
 import tempfile
 import threading
@@ -34,7 +33,7 @@ from ddnn.errors import DdnnError
 from ddnn.runtime.broker import MosquittoBroker, free_port
 from ddnn.runtime.client import Requester
 from ddnn.runtime.executor import SectionExecutor
-from ddnn.runtime.mqtt import MqttTransport
+from ddnn.runtime.mqtt import MqttTransport, set_nodelay
 from ddnn.runtime.processes import Process
 from ddnn.runtime.server import InferenceServer, ModelDB
 from ddnn.runtime.wire import Reply, Request, request_topic
@@ -42,9 +41,7 @@ from ddnn.runtime.wire import Reply, Request, request_topic
 
 def _paho_client(url_port: int) -> paho.Client:
     c = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-    c.on_socket_open = lambda cl, ud, sock: sock.setsockopt(
-        socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
-    )
+    c.on_socket_open = set_nodelay
     c.connect("127.0.0.1", url_port)
     c.loop_start()
     return c
@@ -348,12 +345,13 @@ def bench_runtime_text(r: dict[str, Any]) -> str:
         f"{th['ratio']:.2f} (target >= {th['target']})",
         f"per CPU-second: servers {th['server_per_cpu_s']:.0f} requests vs in-process "
         f"{th['in_process_per_cpu_s']:.0f} samples: ratio {th['per_cpu_ratio']:.2f}",
-        f"paho floor (a bare paho responder, no ddnn code, same load as the last row): "
-        f"{fl['requests_per_s']:.0f}/s at {fl['server_cpu_pct']:.0f} % CPU",
+        f"paho floor (a bare paho responder, no ddnn code; the last row's devices and requests "
+        f"in flight): {fl['requests_per_s']:.0f}/s at {fl['server_cpu_pct']:.0f} % CPU, load "
+        f"generators {fl['generator_cpu_pct']:.0f} %",
         f"CPU per request at {fl['devices']} devices: server {cs['server_us']:.0f} us = forward "
         f"{cs['forward_us']:.0f} (in-process, batch {_BATCH}) + paho floor "
-        f"{cs['mqtt_floor_us']:.0f} + ddnn {cs['ddnn_us']:.0f}; with no ddnn cost at all: "
-        f"{cs['bound_without_ddnn']:.2f} per CPU-second",
+        f"{cs['mqtt_floor_us']:.0f} + the rest, ddnn's own {cs['ddnn_us']:.0f}; the per-CPU "
+        f"ratio with no ddnn cost at all would be {cs['bound_without_ddnn']:.2f}",
         "",
         f"Closed-loop devices, {th['window']} requests in flight each, from "
         f"{th['generators']} load generator process(es); CPU in % of one core "

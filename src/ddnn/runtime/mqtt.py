@@ -48,10 +48,12 @@ _HINT = "start one with `ddnn broker`, or pass --broker mqtt://host:port"
 STATS = ("connects", "connection_losses", "publishes_refused", "subscriptions_refused")
 _RECENT = 1024  # publishes remembered to name the topic of a refused one
 _ROUTES = 4096  # topics whose handlers are remembered
+_ROUTE_TOPIC_MAX = 256  # longer topics are matched every time: the cache stays small
 
 
-def _set_nodelay(client: paho.Client, userdata: Any, sock: Any) -> None:
-    """Disable Nagle: every frame is a complete message that should leave at once."""
+def set_nodelay(client: paho.Client, userdata: Any, sock: Any) -> None:
+    """paho's on_socket_open callback disabling Nagle: every frame is a complete message that
+    should leave at once."""
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except (OSError, AttributeError) as exc:
@@ -162,7 +164,7 @@ class MqttTransport(Transport):
         # time; the lines only show at DEBUG, so they are asked for only then.
         if logger.isEnabledFor(logging.DEBUG):
             client.on_log = _paho_log
-        client.on_socket_open = _set_nodelay
+        client.on_socket_open = set_nodelay
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
@@ -444,9 +446,10 @@ class MqttTransport(Transport):
                     for f, (_, h) in self._subs.items()
                     if topic_matches(split_shared(f)[1], topic)
                 ]
-                if len(self._routes) >= _ROUTES:  # many devices: start over, never grow unbounded
-                    self._routes.clear()
-                self._routes[topic] = handlers
+                if len(topic) <= _ROUTE_TOPIC_MAX:
+                    if len(self._routes) >= _ROUTES:  # many devices: start over
+                        self._routes.clear()
+                    self._routes[topic] = handlers
             return handlers
 
     def __repr__(self) -> str:

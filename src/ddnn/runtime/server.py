@@ -23,6 +23,7 @@ from ddnn.runtime.metrics import Metrics
 from ddnn.runtime.replies import answer_bad_message, publish_quietly, reply_error
 from ddnn.runtime.transport import Transport
 from ddnn.runtime.wire import (
+    SERVER_GROUP,
     FrameError,
     Request,
     Status,
@@ -37,7 +38,6 @@ from ddnn.store.artifact import load_model, read_spec_doc
 
 log = logging.getLogger(__name__)
 
-SERVER_GROUP = "ddnn-servers"
 _INLINE_GAP_S = 0.0003  # messages closer than this were queued at the broker or socket: load
 
 
@@ -280,18 +280,24 @@ class InferenceServer:
         self.metrics.observe("batch_compute_ms", compute_ms, "compute time per batch")
         self.metrics.inc("batches_total", "batches run")
         waits = [(start - job.arrived) * 1000 for job in jobs]
-        for job, ans, queue_ms in zip(jobs, answers, waits, strict=True):
-            reply = encode_answer(
-                job.request.request_id,
-                ans.predicted,
-                ans.exit_index,
-                ans.entropy,
-                queue_ms,
-                compute_ms,
+        sent = 0
+        try:
+            for job, ans, queue_ms in zip(jobs, answers, waits, strict=True):
+                reply = encode_answer(
+                    job.request.request_id,
+                    ans.predicted,
+                    ans.exit_index,
+                    ans.entropy,
+                    queue_ms,
+                    compute_ms,
+                )
+                self._publish(reply_topic(job.request.device_id), reply)
+                sent += 1
+        finally:  # one lock for the batch, and only what was answered
+            self.metrics.observe_many(
+                "queue_ms", waits[:sent], "time a request waited before compute"
             )
-            self._publish(reply_topic(job.request.device_id), reply)
-        self.metrics.observe_many("queue_ms", waits, "time a request waited before compute")
-        self.metrics.inc("replies_total", "replies sent", value=len(jobs), status="ok")
+            self.metrics.inc("replies_total", "replies sent", value=sent, status="ok")
 
     # -- replies -----------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ VERSION = 2  # 2: status FEATURES (an edge asks a device for its features)
 MAX_NDIM = 8
 MAX_MESSAGE_BYTES = 1024
 TOPIC_PREFIX = "dd"
+SERVER_GROUP = "ddnn-servers"  # the shared subscription the servers of a site answer from
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _PREFIX = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
@@ -405,10 +406,18 @@ def _tensor_parts(tensors: tuple[Tensor, ...]) -> list[bytes]:
     return parts
 
 
-def _reply_head(*fields: object) -> bytes:
-    """Common header and the fixed reply fields (request id, status, exit, predicted, entropy,
-    queue, compute)."""
-    return _HEAD.pack(MAGIC, VERSION, Kind.REPLY) + _REPLY.pack(*fields)
+def _reply_head(
+    request_id: int,
+    status: int,
+    exit_index: int,
+    predicted: int,
+    entropy: float,
+    queue_ms: float,
+    compute_ms: float,
+) -> bytes:
+    """Common header and the fixed reply fields."""
+    fields = _REPLY.pack(request_id, status, exit_index, predicted, entropy, queue_ms, compute_ms)
+    return _HEAD.pack(MAGIC, VERSION, Kind.REPLY) + fields
 
 
 def encode_answer(
@@ -424,12 +433,14 @@ def encode_answer(
     than the packing. The server's values are in range by construction (an id it decoded, an
     exit and class from its executor); anything else raises FrameError, never a bad frame."""
     try:
-        return (
-            _reply_head(request_id, Status.OK, exit_index, predicted, entropy, queue_ms, compute_ms)
-            + b"\x00\x00"
-        )  # no missing devices, no tensors
-    except struct.error as exc:
+        if request_id < 1:
+            raise ValueError("request ids start at 1")
+        head = _reply_head(
+            request_id, Status.OK, exit_index, predicted, entropy, queue_ms, compute_ms
+        )
+    except (struct.error, OverflowError, TypeError, ValueError) as exc:
         raise FrameError(f"cannot encode the answer to request {request_id!r}: {exc}") from None
+    return head + b"\x00\x00"  # no missing devices, no tensors
 
 
 def encode_frame(frame: Frame) -> bytes:
