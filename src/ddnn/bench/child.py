@@ -45,8 +45,12 @@ class ConfiguredChild:
         """Until it says `ready`; a child that exits, says anything else or stays silent for
         `timeout` seconds is killed and reported with the end of its log."""
         assert self.proc.stdout is not None
-        readable, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        line = self.proc.stdout.readline().strip() if readable else None
+        try:
+            readable, _, _ = select.select([self.proc.stdout], [], [], timeout)
+            line = self.proc.stdout.readline().strip() if readable else None
+        except BaseException:  # e.g. Ctrl-C while waiting: no child left behind
+            self.close()
+            raise
         if line != "ready":
             self.close()
             said = "nothing" if line is None else repr(line)

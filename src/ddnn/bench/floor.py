@@ -151,11 +151,7 @@ class FloorProcess(ConfiguredChild):
 
     def __init__(self, cfg: FloorConfig, log_path: Path) -> None:
         super().__init__("ddnn.bench.floor:floor_main", asdict(cfg), log_path, "paho floor")
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.close()
-            raise
+        self.wait_ready()  # a child that does not get ready is closed there
 
     def stop(self) -> None:
         """End of its stdin tells it to disconnect and exit."""

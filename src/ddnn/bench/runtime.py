@@ -92,6 +92,12 @@ class _Served:
     def request(self, rid: int, device: str) -> Request:
         return offload_request(self.shape, self.name, self.version, rid, device)
 
+    def target(
+        self, url: str, pids: tuple[int, ...], broker_pid: int, ports: tuple[int, ...], work: Path
+    ) -> Target:
+        """What the load generators drive: the processes `pids` answering this model."""
+        return Target(url, self.name, self.version, self.shape, pids, broker_pid, ports, work)
+
 
 def _device_round_trips(
     url: str, served: _Served, repeats: int
@@ -161,9 +167,7 @@ def capacity_sweep(
         for proc in procs:
             proc.wait_ready()
         pids = tuple(proc.proc.pid for proc in procs)
-        target = Target(
-            url, served.name, served.version, served.shape, pids, broker_pid, ports, work
-        )
+        target = served.target(url, pids, broker_pid, ports, work)
         return [closed_loop_step(target, d, window, seconds, generators) for d in devices]
     finally:
         for proc in procs:
@@ -182,13 +186,10 @@ def floor_step(
 ) -> dict[str, Any]:
     """The capacity sweep's heaviest step against the paho floor responder instead of
     `ddnn serve`: what answering costs the MQTT client alone, under the same load."""
-    cfg = FloorConfig(url, served.name, 1, free_port())
-    floor = FloorProcess(cfg, work / "floor.log")
+    port = free_port()
+    floor = FloorProcess(FloorConfig(url, served.name, 1, port), work / "floor.log")
     try:
-        target = Target(
-            url, served.name, served.version, served.shape, (floor.pid,), broker_pid,
-            (cfg.http_port,), work,
-        )  # fmt: skip
+        target = served.target(url, (floor.pid,), broker_pid, (port,), work)
         return closed_loop_step(target, devices, window, seconds, generators)
     finally:
         floor.stop()
