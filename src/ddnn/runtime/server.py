@@ -18,21 +18,18 @@ from pathlib import Path
 import numpy as np
 
 from ddnn.errors import DdnnError
+from ddnn.runtime.checks import RequestError, UnknownModel, read_request, server_inputs
 from ddnn.runtime.executor import SectionExecutor
 from ddnn.runtime.metrics import Metrics
 from ddnn.runtime.replies import answer_bad_message, publish_quietly, reply_error
 from ddnn.runtime.transport import Transport
 from ddnn.runtime.wire import (
     SERVER_GROUP,
-    FrameError,
     Request,
     Status,
-    decode_frame,
-    decode_tensor,
     encode_answer,
     reply_topic,
     request_filter,
-    topic_of,
 )
 from ddnn.store.artifact import load_model, read_spec_doc
 
@@ -59,7 +56,7 @@ class ModelDB:
         executor = self.models.get((name, version))
         if executor is None:
             served = ", ".join(f"{n} v{v}" for n, v in sorted(self.models))
-            raise DdnnError(f"model {name} v{version} is not served here; served: {served}")
+            raise UnknownModel(f"model {name} v{version} is not served here; served: {served}")
         return executor
 
 
@@ -225,44 +222,18 @@ class InferenceServer:
     def _admit(self, item: _Item) -> _Job | None:
         """Decode and check one message; answers errors itself and returns None for them."""
         try:
-            frame = decode_frame(item.payload)
-            if not isinstance(frame, Request):
-                raise FrameError(
-                    f"expected a request on {item.topic}, got a {type(frame).__name__}"
-                )
-            if item.topic != topic_of(frame):
-                raise FrameError("the request's model, section or device does not match its topic")
-        except DdnnError as exc:
-            self._error(item.topic, item.payload, Status.MALFORMED, str(exc))
+            frame = read_request(item.topic, item.payload)
+        except RequestError as exc:
+            self._error(item.topic, item.payload, exc.status, str(exc))
             return None
         if self._duplicate(frame):
             self.metrics.inc("duplicates_dropped_total", "re-delivered requests dropped")
             return None
         try:
             executor = self.db.get(frame.model, frame.model_version)
-        except DdnnError as exc:
-            self._reply_error(frame, Status.UNKNOWN_MODEL, str(exc))
-            return None
-        try:
-            tensors = {t.name: decode_tensor(t) for t in frame.tensors}
-            if "x" not in tensors:
-                raise DdnnError(f"request has tensors {sorted(tensors)}; it needs 'x'")
-            x = tensors["x"]
-            expected = executor.input_shape(frame.section)
-            if tuple(x.shape) != expected:
-                raise DdnnError(
-                    f"tensor 'x' has shape {tuple(x.shape)}; section {frame.section} of "
-                    f"{frame.model} v{frame.model_version} expects {expected}"
-                )
-            present = tensors.get("present")
-            if present is not None:
-                if present.shape != (expected[0],):
-                    raise DdnnError(f"'present' must have shape ({expected[0]},)")
-                present = present > 0
-                if not present.any():
-                    raise DdnnError("'present' marks no device as present")
-        except DdnnError as exc:
-            self._reply_error(frame, Status.BAD_INPUT, str(exc))
+            x, present = server_inputs(frame, executor.input_shape(frame.section))
+        except RequestError as exc:
+            self._reply_error(frame, exc.status, str(exc))
             return None
         return _Job(frame, item.arrived, x, present)
 
