@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ddnn.errors import DdnnError
-from ddnn.evaluate.communication import binary_output
+from ddnn.model.outputs import binary_output
 from ddnn.runtime.client import Requester
 from ddnn.runtime.device import EDGE_PREFIX
 from ddnn.runtime.executor import Answer, SectionExecutor, decide
@@ -47,7 +47,7 @@ from ddnn.runtime.wire import (
     request_topic,
     topic_of,
 )
-from ddnn.store.artifact import load_model, read_spec_doc
+from ddnn.store.artifact import open_model
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +86,9 @@ class EdgeAggregator:
         identity: str = "edge",
         metrics: Metrics | None = None,
     ) -> None:
-        doc = read_spec_doc(run_dir)
-        self.model_name, self.version = str(doc["name"]), int(doc["version"])
-        self.model = load_model(run_dir)
+        stored = open_model(run_dir)
+        self.model_name, self.version = stored.name, stored.version
+        self.model = stored.load()
         self.spec = self.model.spec
         if self.spec.devices < 2 and self.spec.sections[1].tier != "edge":
             raise DdnnError(
