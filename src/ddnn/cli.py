@@ -70,14 +70,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _stored_config(folder: str) -> str:
     """Fine-tuning without a config: reuse the training config saved in the model's run folder."""
     from ddnn.model.presets import preset_names
-    from ddnn.store.artifact import read_spec_doc
+    from ddnn.store.artifact import open_model
 
-    name = read_spec_doc(folder)["name"]
+    name = open_model(folder).name
     if name not in preset_names():
         raise DdnnError(
             f"{folder}: name the config to fine-tune with (model {name!r} is no preset)"
         )
-    return str(name)
+    return name
 
 
 def _add_evaluate(sub: Any) -> None:
@@ -99,18 +99,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ddnn.data.datasets import create_dataset
     from ddnn.evaluate.calibrate import plot_sweep, sweep
     from ddnn.evaluate.runner import collect_outputs, device_ablation, evaluate_outputs
-    from ddnn.evaluate.tables import (
-        REPORT_COLUMNS,
-        ablation_text,
-        markdown_table,
-        report_row,
-        report_text,
-    )
-    from ddnn.store.artifact import load_model, read_spec_doc
+    from ddnn.evaluate.tables import REPORT_COLUMNS, ablation_text, report_row, report_text
+    from ddnn.store.artifact import open_model
+    from ddnn.tables import markdown_table
 
-    doc = read_spec_doc(args.run_dir)
-    model = load_model(args.run_dir)
-    name = args.dataset or doc.get("metrics", {}).get("dataset")
+    stored = open_model(args.run_dir)
+    model = stored.load()
+    name = args.dataset or stored.dataset
     if not name:
         raise DdnnError(f"{args.run_dir}: the dataset is not recorded; pass --dataset")
     data = create_dataset(name, args.data_dir, val_fraction=0.1)
@@ -120,7 +115,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.sweep:
         rows = sweep(outputs, lambda t: evaluate_outputs(model, outputs, t))
         plot = args.plot or str(Path(args.run_dir) / "sweep.png")
-        plot_sweep(rows, plot, f"{doc['name']} v{doc['version']} on {name} {args.split}")
+        plot_sweep(rows, plot, f"{stored.name} v{stored.version} on {name} {args.split}")
         if args.json:
             print(json.dumps({"sweep": rows, "plot": plot}))
         else:
@@ -133,7 +128,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report | ({"device_ablation": ablation} if ablation else {})))
         return 0
-    print(report_text(report, f"{doc['name']} v{doc['version']} on {name} {args.split}"))
+    print(report_text(report, f"{stored.name} v{stored.version} on {name} {args.split}"))
     if ablation:
         print("\nwith devices missing:\n" + ablation_text(ablation))
     return 0

@@ -7,8 +7,8 @@ import torch
 
 from ddnn.data.datasets import FASHION_MNIST_DIR, create_dataset
 from ddnn.data.idx import read_idx
-from ddnn.data.views import device_view, split_views
 from ddnn.errors import DdnnError
+from ddnn.model.views import device_view, split_views
 from ddnn.train.config import load_experiment
 
 

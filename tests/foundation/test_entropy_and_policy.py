@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from ddnn.evaluate.policy import OTHER, choose_exits
+from ddnn.evaluate.policy import choose_exits
+from ddnn.model.outputs import OTHER
 from ddnn.nn.entropy import normalized_entropy
 
 

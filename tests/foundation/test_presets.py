@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from ddnn.data.views import split_views
 from ddnn.errors import DdnnError
 from ddnn.evaluate.communication import CommCosts
 from ddnn.model.hierarchy import HierarchicalModel
 from ddnn.model.presets import preset_names
+from ddnn.model.views import split_views
 from ddnn.train.config import load_experiment
 
 FMNIST = dict(

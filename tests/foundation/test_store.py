@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from ddnn.data.datasets import create_dataset
-from ddnn.data.views import split_views
 from ddnn.errors import DdnnError
-from ddnn.store.artifact import load_model, read_spec_doc, save_model
+from ddnn.model.views import split_views
+from ddnn.store.artifact import load_model, open_model, read_spec_doc, save_model
 
 
 def test_round_trip_is_bit_identical(tiny_ddnn, tmp_path):
@@ -60,3 +60,35 @@ def test_spec_records_thresholds_classes_normalization(tiny_ddnn):
     assert 0.0 < model["mean"] < 1.0 and model["std"] > 0
     assert model["sections"][0]["tier"] == "device"
     assert "device" in doc["metrics"]["test"]["thresholds"]
+
+
+def test_a_stored_model_is_read_once_into_typed_fields(tiny_multiview):
+    stored = open_model(tiny_multiview)
+    doc = read_spec_doc(tiny_multiview)
+    assert (stored.name, stored.version, stored.parent) == (doc["name"], doc["version"], None)
+    assert stored.spec == load_model(tiny_multiview).spec
+    assert stored.hashes == doc["weights"]
+    assert stored.parts == [f"device{i}" for i in range(4)] + ["cloud"]
+    assert stored.weights_path("device2") == tiny_multiview / "weights" / "device2.safetensors"
+    assert stored.metrics["test"] == doc["metrics"]["test"]
+    assert stored.dataset == "synthetic"
+    assert (
+        stored.part_id("cloud") == f"{doc['name']} v1 cloud weights {doc['weights']['cloud'][:12]}"
+    )
+
+
+def test_the_dataset_is_none_when_the_folder_records_none(tiny_ddnn, tmp_path):
+    copy_dir = save_model(load_model(tiny_ddnn), tmp_path / "m")
+    stored = open_model(copy_dir)
+    assert stored.dataset is None and stored.metrics == {}
+
+
+def test_load_checks_hashes_and_missing_files(tiny_ddnn, tmp_path):
+    copy_dir = save_model(load_model(tiny_ddnn), tmp_path / "m")
+    stored = open_model(copy_dir)
+    (copy_dir / "weights" / "cloud.safetensors").unlink()
+    assert stored.load(parts=["device0"]).spec == stored.spec  # a device needs only its file
+    with pytest.raises(DdnnError, match="is missing"):
+        stored.load()
+    with pytest.raises(DdnnError, match="no part 'edge'"):
+        stored.load(parts=["edge"])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ddnn.data.datasets import create_dataset
-from ddnn.data.views import device_view
+from ddnn.model.views import device_view
 from ddnn.runtime.device import DeviceClient
 from ddnn.runtime.edge import EdgeAggregator
 from ddnn.runtime.mqtt import MqttTransport

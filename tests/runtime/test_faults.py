@@ -23,7 +23,7 @@ import pytest
 
 from ddnn.bench.load import rss_mb
 from ddnn.data.datasets import create_dataset
-from ddnn.data.views import device_view
+from ddnn.model.views import device_view
 from ddnn.runtime.client import Requester
 from ddnn.runtime.device import DeviceClient, Record
 from ddnn.runtime.metrics import parse_samples

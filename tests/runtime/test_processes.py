@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ddnn.data.datasets import create_dataset
-from ddnn.data.views import device_view
+from ddnn.model.views import device_view
 from ddnn.nn.entropy import normalized_entropy
 from ddnn.runtime.client import Requester
 from ddnn.runtime.device import EDGE_PREFIX, DeviceClient

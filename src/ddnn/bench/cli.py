@@ -1,15 +1,30 @@
-"""`ddnn bench load | fuzz`: how much load the server holds, and how it takes malformed input."""
+"""`ddnn bench runtime | load | fuzz`: the round trip and throughput of the runtime, how much load
+the server holds, and how it takes malformed input."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 
 def register(sub: Any) -> None:
     """No top-level commands: everything here is a benchmark."""
+
+
+def cmd_bench_runtime(args: argparse.Namespace) -> int:
+    from ddnn.bench.runtime import bench_runtime, bench_runtime_text, plot_capacity
+
+    result = bench_runtime(
+        args.run_dir, args.repeats, args.seconds, args.max_devices, args.window, args.servers,
+        args.generators,
+    )  # fmt: skip
+    if args.plot:
+        plot_capacity(result, Path(args.plot))
+    print(json.dumps(result) if args.json else bench_runtime_text(result))
+    return 0
 
 
 def cmd_bench_load(args: argparse.Namespace) -> int:
@@ -45,6 +60,18 @@ def cmd_bench_fuzz(args: argparse.Namespace) -> int:
 
 
 def register_bench(bsub: Any) -> None:
+    p = bsub.add_parser("runtime", help="round trip vs bare paho, bytes, server throughput")
+    p.add_argument("run_dir", help="a trained model folder (a device section with bits)")
+    p.add_argument("--repeats", type=int, default=300)
+    p.add_argument("--seconds", type=float, default=5.0, help="per throughput point")
+    p.add_argument("--max-devices", type=int, default=8, help="sweep 1, 2, 4, ... up to it")
+    p.add_argument("--window", type=int, default=16, help="requests each device keeps in flight")
+    p.add_argument("--servers", type=int, default=1, help="`ddnn serve` processes sharing the load")
+    p.add_argument("--generators", type=int, default=2, help="load generator processes")
+    p.add_argument("--plot", help="PNG of throughput and p95 against devices")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_bench_runtime)
+
     p = bsub.add_parser("load", help="open-loop load: K devices x R requests/s against ddnn serve")
     p.add_argument("run_dir", help="a trained model folder (single device, bits features)")
     p.add_argument("--devices", type=int, nargs="+", default=[4, 8, 16], help="K values")

@@ -502,13 +502,11 @@ def live_fuzz(
     from ddnn.runtime.client import Requester
     from ddnn.runtime.server import InferenceServer, ModelDB
     from ddnn.runtime.transport import create_transport
-    from ddnn.store.artifact import load_model, read_spec_doc
+    from ddnn.store.artifact import open_model
 
-    doc = read_spec_doc(run_dir)
-    model = load_model(run_dir)
-    served = _Served(
-        str(doc["name"]), int(doc["version"]), offload_shape(model), len(model.spec.sections)
-    )
+    stored = open_model(run_dir)
+    model = stored.load()
+    served = _Served(stored.name, stored.version, offload_shape(model), len(model.spec.sections))
     cases = live_cases(messages, seed)
 
     db = ModelDB([run_dir])

@@ -620,15 +620,15 @@ def bench_load(
     from tqdm.auto import tqdm
 
     from ddnn.bench.offload import offload_shape
-    from ddnn.store.artifact import load_model, read_spec_doc  # torch: not in the generators
+    from ddnn.store.artifact import open_model  # torch: not in the generators
 
     if not devices or not rates or min(devices) < 1 or min(rates) <= 0 or seconds <= 0:
         raise DdnnError("give at least one device count >= 1, rate > 0 and seconds > 0")
     if servers < 1 or generators < 1:
         raise DdnnError("--servers and --generators must be at least 1")
-    doc = read_spec_doc(run_dir)
-    name, version = str(doc["name"]), int(doc["version"])
-    shape = offload_shape(load_model(run_dir))
+    stored = open_model(run_dir)
+    name, version = stored.name, stored.version
+    shape = offload_shape(stored.load())
     grid = [(k, r) for k in sorted(set(devices)) for r in sorted(set(rates))]
     steps: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []

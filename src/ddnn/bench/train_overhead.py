@@ -13,8 +13,8 @@ import torch
 from torch.nn import functional as F
 
 from ddnn.data.datasets import Split, create_dataset
-from ddnn.data.views import split_views
 from ddnn.model.hierarchy import HierarchicalModel
+from ddnn.model.views import split_views
 from ddnn.nn.binary import clip_latent_weights
 from ddnn.train.config import load_experiment
 from ddnn.train.loss import target_maps

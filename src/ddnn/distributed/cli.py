@@ -153,7 +153,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 def cmd_dist_report(args: argparse.Namespace) -> int:
     from ddnn.distributed.report import COLUMNS, plot_summaries, summarize, summary_row
-    from ddnn.evaluate.tables import markdown_table
+    from ddnn.tables import markdown_table
 
     rows = [summarize(d) for d in args.run_dirs]
     if args.plot:
@@ -189,7 +189,7 @@ def register_bench(bsub: Any) -> None:
 def cmd_bench_distributed(args: argparse.Namespace) -> int:
     from ddnn.distributed.bench import COLUMNS, bench_distributed, bench_row
     from ddnn.distributed.config import parse_rate
-    from ddnn.evaluate.tables import markdown_table
+    from ddnn.tables import markdown_table
 
     strategies = ["allreduce", "ps"] if args.strategy == "both" else [args.strategy]
     rows = bench_distributed(

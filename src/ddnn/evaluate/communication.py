@@ -7,21 +7,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ddnn.model.hierarchy import HierarchicalModel, Section
-from ddnn.nn.binary import BinarySign
-
-
-def binary_output(section: Section) -> bool:
-    """Whether a section's features are +-1 (its body ends in a binary activation): they then
-    travel packed, 1 bit a value."""
-    last = list(section.body.modules())[-1] if len(section.body) else None
-    return isinstance(last, BinarySign)
-
-
-def payload_bytes(section: Section) -> int:
-    """Bytes of one sample of a section's output features on the wire."""
-    n = math.prod(section.out_shape)
-    return math.ceil(n / 8) if binary_output(section) else 4 * n
+from ddnn.model.hierarchy import HierarchicalModel
+from ddnn.model.outputs import payload_bytes
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ddnn.model.outputs import OTHER
 from ddnn.nn.entropy import normalized_entropy_np
-
-OTHER = -1  # prediction of a Big-Little exit that says "not one of my classes"
 
 
 @dataclass

@@ -10,19 +10,12 @@ import torch
 from torch import Tensor
 
 from ddnn.data.datasets import Split
-from ddnn.data.views import split_views
 from ddnn.evaluate.communication import CommCosts
 from ddnn.evaluate.metrics import report
-from ddnn.evaluate.policy import OTHER, ExitOutputs
+from ddnn.evaluate.policy import ExitOutputs
 from ddnn.model.hierarchy import HierarchicalModel
-
-
-def class_map(model: HierarchicalModel, name: str) -> np.ndarray | None:
-    """Exit class index -> dataset class for a Big-Little exit (last index is "other")."""
-    exit_spec = model.spec.section(name).exit
-    if exit_spec is None or exit_spec.classes is None:
-        return None
-    return np.array([*exit_spec.classes, OTHER], dtype=np.int64)
+from ddnn.model.outputs import class_map
+from ddnn.model.views import split_views
 
 
 @torch.no_grad()

@@ -2,23 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
-    return str(value)
-
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
+from ddnn.tables import format_cell, markdown_table
 
 REPORT_COLUMNS = (
     "threshold", "local", "server", "overall", "ideal", "cloud_only",
@@ -54,9 +40,10 @@ def report_text(rep: dict[str, Any], title: str = "") -> str:
         extras.append(f"edge -> cloud bytes per sample: {rep['edge_bytes_per_sample']:.1f}")
     if "priority" in rep:
         p = rep["priority"]
+        accuracy, on_device = format_cell(p["accuracy"]), format_cell(p["answered_on_device"])
         extras.append(
-            f"prioritized classes {p['classes']}: accuracy {_fmt(p['accuracy'])}, answered on "
-            f"device {_fmt(p['answered_on_device'])}; "
+            f"prioritized classes {p['classes']}: accuracy {accuracy}, answered on "
+            f"device {on_device}; "
             f"cloud calls (all samples) {p['cloud_calls']:.4f}"
         )
     parts.append("; ".join(extras))

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 def resolve_run(target: str, dataset: str | None, work: Path) -> tuple[Path, str]:
     """A run folder as given, or a preset's untrained model (latency depends only on shapes)
     saved under `work`. Returns the folder and a description."""
-    from ddnn.model.presets import preset_names
+    from ddnn.model.presets import load_config_dict, model_spec_from_dict, preset_names
 
     path = Path(target)
     if (path / "spec.json").is_file():
@@ -51,12 +51,11 @@ def resolve_run(target: str, dataset: str | None, work: Path) -> tuple[Path, str
     from ddnn.data.datasets import create_dataset
     from ddnn.model.hierarchy import HierarchicalModel
     from ddnn.store.artifact import save_model
-    from ddnn.train.config import load_experiment
 
     name = dataset or "fashion-mnist"
     data = create_dataset(name, val_fraction=0.0)
     mean, std = data.normalization()
-    spec = load_experiment(target).model.with_dataset(
+    spec = model_spec_from_dict(load_config_dict(target)["model"]).with_dataset(
         data.num_classes, data.input_shape, data.class_names, mean, std
     )
     torch.manual_seed(0)
@@ -267,7 +266,7 @@ def bench_device(
 
 def bench_text(r: dict[str, Any]) -> str:
     """A human-readable summary of bench_device's result."""
-    from ddnn.evaluate.tables import markdown_table
+    from ddnn.tables import markdown_table
 
     lat = r["latency_ns"]
     names = {"torch": "torch eager", "onnxruntime": "onnxruntime", "c": "C (in harness)",

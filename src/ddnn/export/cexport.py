@@ -14,7 +14,7 @@ from ddnn.export.csource import ExitRule, generate
 from ddnn.export.harness import ENTROPY_ATOL, HARNESS_C, LOGIT_RTOL, MAKEFILE
 from ddnn.export.ir import check_device, lower_device
 from ddnn.model.hierarchy import HierarchicalModel
-from ddnn.store.artifact import load_model, read_spec_doc
+from ddnn.store.artifact import open_model
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +25,7 @@ HARNESS = "ddnn_harness"
 
 def model_id(run_dir: str | Path, device: int) -> str:
     """Names the exact weights a build came from, so a stale build is noticed."""
-    doc = read_spec_doc(run_dir)
-    digest = doc.get("weights", {}).get(f"device{device}", "")[:12]
-    return f"{doc['name']} v{doc['version']} device{device} weights {digest}"
+    return open_model(run_dir).part_id(f"device{device}")
 
 
 def exit_rule(model: HierarchicalModel) -> ExitRule | None:
@@ -47,8 +45,9 @@ def exit_rule(model: HierarchicalModel) -> ExitRule | None:
 
 def load_device_model(run_dir: str | Path, device: int) -> HierarchicalModel:
     """The model with only device `device`'s weights loaded (all a device ever gets)."""
-    check_device(load_model(run_dir, parts=[]), device)
-    return load_model(run_dir, parts=[f"device{device}"])
+    stored = open_model(run_dir)
+    check_device(stored.load(parts=[]), device)
+    return stored.load(parts=[f"device{device}"])
 
 
 def export_c(run_dir: str | Path, out_dir: str | Path, device: int = 0) -> Path:

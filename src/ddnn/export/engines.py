@@ -20,9 +20,7 @@ import numpy as np
 import torch
 
 from ddnn.errors import DdnnError
-from ddnn.evaluate.communication import binary_output, payload_bytes
-from ddnn.evaluate.policy import OTHER, confident, exit_predictions
-from ddnn.evaluate.runner import class_map
+from ddnn.evaluate.policy import confident, exit_predictions
 from ddnn.export.bits import pack_features
 from ddnn.export.cexport import (
     LIBRARY,
@@ -35,6 +33,7 @@ from ddnn.export.cexport import (
 from ddnn.export.fileformat import DeviceResults
 from ddnn.export.ir import check_device
 from ddnn.model.hierarchy import HierarchicalModel, Section
+from ddnn.model.outputs import OTHER, binary_output, class_map, payload_bytes
 from ddnn.nn.entropy import normalized_entropy_np
 
 log = logging.getLogger(__name__)

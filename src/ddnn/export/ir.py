@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from ddnn.errors import DdnnError
-from ddnn.evaluate.communication import binary_output
 from ddnn.model.hierarchy import HierarchicalModel, Section
+from ddnn.model.outputs import binary_output
 from ddnn.nn.binary import BinaryConv2d, BinaryLinear, BinarySign
 
 Kind = Literal["float", "bits"]

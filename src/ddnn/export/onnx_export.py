@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ddnn.errors import DdnnError
 from ddnn.model.hierarchy import HierarchicalModel, Section
-from ddnn.store.artifact import load_model, part_names, read_spec_doc
+from ddnn.store.artifact import open_model
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,7 @@ class _FeatureGraph(_SectionGraph):
 
 
 def part_id(run_dir: str | Path, part: str) -> str:
-    doc = read_spec_doc(run_dir)
-    return f"{doc['name']} v{doc['version']} {part} weights {doc['weights'].get(part, '')[:12]}"
+    return open_model(run_dir).part_id(part)
 
 
 def _graph(model: HierarchicalModel, part: str) -> _SectionGraph:
@@ -119,12 +118,13 @@ def export_onnx(
         raise DdnnError(
             "ONNX export needs onnx and onnxscript: pip install 'ddnn[export]'"
         ) from exc
-    model = load_model(run_dir, parts=parts)
-    names = part_names(model)
+    stored = open_model(run_dir)
+    model = stored.load(parts)
+    names = stored.parts
     wanted = names if parts is None else list(parts)
     unknown = [p for p in wanted if p not in names]
     if unknown:
         raise DdnnError(f"model has no part(s) {unknown}; parts: {names}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return [export_part(model, p, out / f"{p}.onnx", part_id(run_dir, p)) for p in wanted]
+    return [export_part(model, p, out / f"{p}.onnx", stored.part_id(p)) for p in wanted]

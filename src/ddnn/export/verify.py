@@ -20,14 +20,14 @@ import torch
 from torch import Tensor
 
 from ddnn.data.datasets import create_dataset
-from ddnn.data.views import device_view
 from ddnn.errors import DdnnError
 from ddnn.export.cexport import HARNESS, build, export_c, read_manifest
 from ddnn.export.engines import CEngine, OnnxEngine, TorchEngine
 from ddnn.export.fileformat import DeviceResults, read_outputs, write_inputs, write_outputs
 from ddnn.export.harness import ENTROPY_ATOL, LOGIT_RTOL
 from ddnn.model.hierarchy import Section
-from ddnn.store.artifact import read_spec_doc
+from ddnn.model.views import device_view
+from ddnn.store.artifact import open_model
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,8 @@ QEMU = "qemu-aarch64"
 def sample_views(run_dir: str | Path, device: int, count: int) -> tuple[np.ndarray, str]:
     """[K, C, h, w] inputs for device `device`: the first K test samples of the dataset the
     model was trained on, or random values in [0, 1] when it is not available (and why)."""
-    from ddnn.store.artifact import read_spec
-
-    spec = read_spec(run_dir)
-    name = read_spec_doc(run_dir).get("metrics", {}).get("dataset")
+    stored = open_model(run_dir)
+    spec, name = stored.spec, stored.dataset
     reason = "the model's spec.json records no dataset"
     if name:
         try:
@@ -199,9 +197,8 @@ def verify_onnx(
     import onnxruntime as ort
 
     from ddnn.export.onnx_export import export_onnx
-    from ddnn.store.artifact import load_model
 
-    model = load_model(run_dir)
+    model = open_model(run_dir).load()
     views = np.stack(
         [sample_views(run_dir, d, samples)[0] for d in range(max(len(model.devices), 1))], axis=1
     )  # [K, D, C, h, w]

@@ -9,28 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from ddnn.errors import DdnnError
+from ddnn.nn.layer import LayerSpec  # the layers are built by nn/, which reads this spec
 
 TIERS = ("device", "edge", "cloud")
 LAYER_TYPES = ("conv", "bconv", "linear", "blinear", "pool", "pad", "dropout")
 ACTIVATIONS = ("relu", "tanh", "sign", "none")
 AGGREGATORS = ("max", "avg", "concat")
-
-
-@dataclass(frozen=True)
-class LayerSpec:
-    """One block. conv: conv -> [bn] -> act -> [pool]; bconv (eBNN ConvP): binary conv ->
-    [pool] -> bn -> sign; linear: linear -> [bn] -> act; blinear: binary linear -> bn -> act.
-    `out = 0` on the last layer of an exit means "as many outputs as the exit has classes"."""
-
-    type: str
-    out: int = 0
-    kernel: int = 3
-    stride: int = 1
-    padding: int | None = None  # None: "same" padding, kernel // 2
-    pool: int = 1
-    activation: str = "relu"
-    batch_norm: bool = True
-    p: float = 0.0  # dropout probability
 
 
 @dataclass(frozen=True)

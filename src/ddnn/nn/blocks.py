@@ -8,8 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ddnn.model.spec import LayerSpec
 from ddnn.nn.binary import BinaryConv2d, BinaryLinear, BinarySign
+from ddnn.nn.layer import LayerSpec
 
 Shape = tuple[int, ...]  # per-sample shape, without the batch dimension
 

@@ -186,7 +186,7 @@ def _device_inputs(args: argparse.Namespace, spec: Any) -> Iterator[tuple[int, A
     import numpy as np
     import torch
 
-    from ddnn.data.views import device_view
+    from ddnn.model.views import device_view
 
     if args.images:
         from matplotlib.image import imread
@@ -212,12 +212,12 @@ def _device_inputs(args: argparse.Namespace, spec: Any) -> Iterator[tuple[int, A
 
 
 def spec_dataset(run_dir: str) -> str:
-    from ddnn.store.artifact import read_spec_doc
+    from ddnn.store.artifact import open_model
 
-    name = read_spec_doc(run_dir).get("metrics", {}).get("dataset")
+    name = open_model(run_dir).dataset
     if not name:
         raise DdnnError(f"{run_dir}: the dataset is not recorded; pass --dataset or --images")
-    return str(name)
+    return name
 
 
 def _start_together(ready_file: str | None, start_file: str | None, timeout: float = 300.0) -> None:
@@ -238,9 +238,9 @@ def cmd_device(args: argparse.Namespace) -> int:
     _one_thread_per_worker()
     from ddnn.runtime.device import DeviceClient
     from ddnn.runtime.report import summarize
-    from ddnn.store.artifact import read_spec
+    from ddnn.store.artifact import open_model
 
-    spec = read_spec(args.run_dir)
+    spec = open_model(args.run_dir).spec
     access = _access(args)
     device_id = _identity(args, access, "dev0")
     records = []
@@ -396,30 +396,3 @@ def register(sub: Any) -> None:
     p.add_argument("--out", help="report folder (default RUN_DIR/deployment)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_run)
-
-
-def cmd_bench_runtime(args: argparse.Namespace) -> int:
-    from ddnn.bench.runtime import bench_runtime, bench_runtime_text, plot_capacity
-
-    result = bench_runtime(
-        args.run_dir, args.repeats, args.seconds, args.max_devices, args.window, args.servers,
-        args.generators,
-    )  # fmt: skip
-    if args.plot:
-        plot_capacity(result, Path(args.plot))
-    print(json.dumps(result) if args.json else bench_runtime_text(result))
-    return 0
-
-
-def register_bench(bsub: Any) -> None:
-    p = bsub.add_parser("runtime", help="round trip vs bare paho, bytes, server throughput")
-    p.add_argument("run_dir", help="a trained model folder (a device section with bits)")
-    p.add_argument("--repeats", type=int, default=300)
-    p.add_argument("--seconds", type=float, default=5.0, help="per throughput point")
-    p.add_argument("--max-devices", type=int, default=8, help="sweep 1, 2, 4, ... up to it")
-    p.add_argument("--window", type=int, default=16, help="requests each device keeps in flight")
-    p.add_argument("--servers", type=int, default=1, help="`ddnn serve` processes sharing the load")
-    p.add_argument("--generators", type=int, default=2, help="load generator processes")
-    p.add_argument("--plot", help="PNG of throughput and p95 against devices")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(handler=cmd_bench_runtime)

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from ddnn.errors import DdnnError
-from ddnn.evaluate.policy import OTHER
 from ddnn.export.engines import DeviceEngine, create_engine
+from ddnn.model.outputs import OTHER
 from ddnn.runtime.client import Requester
 from ddnn.runtime.executor import Answer, decide
 from ddnn.runtime.transport import Transport
@@ -29,7 +29,7 @@ from ddnn.runtime.wire import (
     encode_tensor,
     request_topic,
 )
-from ddnn.store.artifact import read_spec, read_spec_doc
+from ddnn.store.artifact import open_model
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +78,12 @@ class DeviceClient:
     ) -> None:
         if mode not in MODES:
             raise DdnnError(f"mode {mode!r}; valid: {', '.join(MODES)}")
-        doc = read_spec_doc(run_dir)
-        self.model_name, self.version = str(doc["name"]), int(doc["version"])
+        stored = open_model(run_dir)
+        self.model_name, self.version = stored.name, stored.version
         self.mode = mode
         self.device_id = device_id
         self.deadline_s = deadline_ms / 1000.0
-        spec = read_spec(run_dir)
+        spec = stored.spec
         if not 0 <= device_index < spec.devices:
             raise DdnnError(f"device index {device_index} out of range: model has {spec.devices}")
         self.multi = spec.devices > 1

@@ -10,8 +10,8 @@ import torch
 
 from ddnn.errors import DdnnError
 from ddnn.evaluate.policy import confident, exit_predictions
-from ddnn.evaluate.runner import class_map
 from ddnn.model.hierarchy import HierarchicalModel
+from ddnn.model.outputs import class_map
 from ddnn.nn.entropy import normalized_entropy_np
 
 

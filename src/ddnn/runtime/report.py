@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ddnn.evaluate.tables import markdown_table
+from ddnn.tables import markdown_table
 
 
 def _pct(values: list[float]) -> dict[str, float | None]:

@@ -16,7 +16,7 @@ from ddnn.runtime.broker import MosquittoBroker
 from ddnn.runtime.processes import Process
 from ddnn.runtime.report import report_markdown, summarize
 from ddnn.runtime.security import provision
-from ddnn.store.artifact import read_spec, read_spec_doc
+from ddnn.store.artifact import open_model
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ CONFIGURATIONS = ("device+server", "server-only")
 
 
 def needs_edge(run_dir: str | Path) -> bool:
-    spec = read_spec(run_dir)
+    spec = open_model(run_dir).spec
     return spec.devices > 1 or (len(spec.sections) > 2 and spec.sections[1].tier == "edge")
 
 
@@ -44,7 +44,8 @@ def run_deployment(
     """Run every configuration in `modes` on one broker and server; returns the report, also
     written to out_dir as report.json and report.md with the per-sample records beside it.
     `secure`: a broker of its own with passwords, ACL and TLS, each process its own identity."""
-    spec, doc = read_spec(run_dir), read_spec_doc(run_dir)
+    stored = open_model(run_dir)
+    spec = stored.spec
     n = devices or spec.devices
     if spec.devices > 1 and n != spec.devices:
         raise DdnnError(
@@ -59,7 +60,7 @@ def run_deployment(
     logs.mkdir(parents=True, exist_ok=True)
     run = str(run_dir)
     report: dict[str, Any] = {
-        "model": spec.name, "version": doc["version"], "devices": n, "samples_requested": samples,
+        "model": spec.name, "version": stored.version, "devices": n, "samples_requested": samples,
         "rate_per_device": rate, "engine": engine, "workers": workers, "secure": secure,
         "configurations": {},
     }  # fmt: skip

@@ -31,7 +31,7 @@ from ddnn.runtime.wire import (
     reply_topic,
     request_filter,
 )
-from ddnn.store.artifact import load_model, read_spec_doc
+from ddnn.store.artifact import open_model
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +47,9 @@ class ModelDB:
             raise DdnnError("give the server at least one model folder")
         self.models: dict[tuple[str, int], SectionExecutor] = {}
         for folder in run_dirs:
-            doc = read_spec_doc(folder)
-            key = (str(doc["name"]), int(doc["version"]))
-            self.models[key] = SectionExecutor(load_model(folder))
+            stored = open_model(folder)
+            key = (stored.name, stored.version)
+            self.models[key] = SectionExecutor(stored.load())
             log.info("serving %s v%d from %s", key[0], key[1], folder)
 
     def get(self, name: str, version: int) -> SectionExecutor:

@@ -9,6 +9,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,13 @@ SPEC_FILE = "spec.json"
 
 def part_names(model: HierarchicalModel) -> list[str]:
     """device0..device{N-1} for the device sections, then the upper sections by name."""
-    return [f"device{i}" for i in range(len(model.devices))] + list(model.upper)
+    return _spec_parts(model.spec)
+
+
+def _spec_parts(spec: ModelSpec) -> list[str]:
+    if spec.device_section is None:
+        return [s.name for s in spec.sections]
+    return [f"device{i}" for i in range(spec.devices)] + [s.name for s in spec.sections[1:]]
 
 
 def _part_module(model: HierarchicalModel, part: str) -> Any:
@@ -96,34 +103,90 @@ def read_spec_doc(folder: str | Path) -> dict[str, Any]:
     return doc
 
 
+@dataclass(frozen=True)
+class StoredModel:
+    """A stored model as its spec.json describes it, read and checked once (`open_model`).
+
+    Callers take the name, version, spec and hashes from here instead of picking the JSON apart;
+    `load` builds the network and loads weights checked against `hashes`.
+    """
+
+    folder: Path
+    name: str
+    version: int
+    parent: str | None  # the folder it was fine-tuned from
+    created: str  # UTC, ISO 8601
+    spec: ModelSpec
+    hashes: dict[str, str]  # part -> SHA-256 of weights/<part>.safetensors
+    metrics: dict[str, Any]
+    # the data it was trained on; today only the training metrics record its name
+    dataset: str | None = None
+
+    @classmethod
+    def read(cls, folder: str | Path) -> StoredModel:
+        doc = read_spec_doc(folder)
+        spec = from_dict(ModelSpec, doc["model"], "model")
+        spec.validate()
+        metrics = doc.get("metrics") or {}
+        dataset = metrics.get("dataset")
+        return cls(
+            folder=Path(folder),
+            name=str(doc["name"]),
+            version=int(doc["version"]),
+            parent=doc.get("parent"),
+            created=str(doc.get("created", "")),
+            spec=spec,
+            hashes=dict(doc.get("weights", {})),
+            metrics=metrics,
+            dataset=str(dataset) if dataset else None,
+        )
+
+    @property
+    def parts(self) -> list[str]:
+        """The weight files' parts, as `part_names` lists them, from the spec alone."""
+        return _spec_parts(self.spec)
+
+    def weights_path(self, part: str) -> Path:
+        return self.folder / "weights" / f"{part}.safetensors"
+
+    def part_id(self, part: str) -> str:
+        """Names the exact weights of one part, so an export built from other weights is noticed."""
+        return f"{self.name} v{self.version} {part} weights {self.hashes.get(part, '')[:12]}"
+
+    def load(self, parts: Iterable[str] | None = None) -> HierarchicalModel:
+        """Rebuild the model and load the weights of `parts` (all when None), checking each
+        file's hash against the spec. A part not loaded keeps its initial weights: a device
+        needs only its own file."""
+        model = HierarchicalModel(self.spec)
+        for part in self.parts if parts is None else list(parts):
+            module = _part_module(model, part)
+            path = self.weights_path(part)
+            if not path.is_file():
+                raise DdnnError(f"{path} is missing: the model folder is incomplete")
+            if self.hashes.get(part) != _sha256(path):
+                raise DdnnError(
+                    f"{path} does not match the hash in {SPEC_FILE}: tampered or corrupt"
+                )
+            try:
+                module.load_state_dict(load_file(str(path)), strict=True)
+            except RuntimeError as exc:
+                raise DdnnError(f"{path} does not fit the spec's architecture: {exc}") from exc
+        model.eval()
+        return model
+
+
+def open_model(folder: str | Path) -> StoredModel:
+    """The stored model in `folder`, its spec.json read once and checked."""
+    return StoredModel.read(folder)
+
+
 def read_spec(folder: str | Path) -> ModelSpec:
-    spec = from_dict(ModelSpec, read_spec_doc(folder)["model"], "model")
-    spec.validate()
-    return spec
+    return open_model(folder).spec
 
 
 def load_model(folder: str | Path, parts: Iterable[str] | None = None) -> HierarchicalModel:
-    """Rebuild the model and load the weights of `parts` (all when None), checking each file's
-    hash against the spec. A part not loaded keeps its initial weights: a device needs only its
-    own file."""
-    folder = Path(folder)
-    doc = read_spec_doc(folder)
-    model = HierarchicalModel(read_spec(folder))
-    wanted = part_names(model) if parts is None else list(parts)
-    for part in wanted:
-        module = _part_module(model, part)
-        path = folder / "weights" / f"{part}.safetensors"
-        if not path.is_file():
-            raise DdnnError(f"{path} is missing: the model folder is incomplete")
-        expected = doc.get("weights", {}).get(part)
-        if expected != _sha256(path):
-            raise DdnnError(f"{path} does not match the hash in {SPEC_FILE}: tampered or corrupt")
-        try:
-            module.load_state_dict(load_file(str(path)), strict=True)
-        except RuntimeError as exc:
-            raise DdnnError(f"{path} does not fit the spec's architecture: {exc}") from exc
-    model.eval()
-    return model
+    """`open_model(folder).load(parts)`: for callers that need only the network."""
+    return open_model(folder).load(parts)
 
 
 def update_spec(folder: str | Path, **fields: Any) -> None:

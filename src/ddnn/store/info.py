@@ -6,17 +6,17 @@ from pathlib import Path
 from typing import Any
 
 from ddnn.evaluate.communication import CommCosts
-from ddnn.store.artifact import load_model, part_names, read_spec_doc
+from ddnn.store.artifact import open_model
 
 
 def model_info(folder: str | Path) -> dict[str, Any]:
-    doc = read_spec_doc(folder)
-    model = load_model(folder)
+    stored = open_model(folder)
+    model = stored.load()
     spec = model.spec
     parts = []
-    for part in part_names(model):
+    for part in stored.parts:
         module = model.devices[int(part[6:])] if part.startswith("device") else model.upper[part]
-        path = Path(folder) / "weights" / f"{part}.safetensors"
+        path = stored.weights_path(part)
         parts.append(
             {
                 "part": part,
@@ -30,10 +30,10 @@ def model_info(folder: str | Path) -> dict[str, Any]:
         )
     costs = CommCosts.of(model)
     return {
-        "name": doc["name"],
-        "version": doc["version"],
-        "parent": doc["parent"],
-        "created": doc["created"],
+        "name": stored.name,
+        "version": stored.version,
+        "parent": stored.parent,
+        "created": stored.created,
         "devices": spec.devices,
         "classes": list(spec.class_names),
         "input_shape": list(spec.input_shape),
@@ -46,12 +46,12 @@ def model_info(folder: str | Path) -> dict[str, Any]:
             "scores_per_device": costs.score_bytes,
             "raw_per_device": costs.raw_bytes,
         },
-        "test": doc.get("metrics", {}).get("test"),
+        "test": stored.metrics.get("test"),
     }
 
 
 def model_info_text(info: dict[str, Any]) -> str:
-    from ddnn.evaluate.tables import markdown_table
+    from ddnn.tables import markdown_table
 
     lines = [
         f"{info['name']} v{info['version']} (created {info['created']})"

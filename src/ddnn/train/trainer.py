@@ -17,12 +17,12 @@ from tqdm.auto import tqdm
 
 from ddnn.config import to_dict
 from ddnn.data.datasets import Dataset, Split, create_dataset
-from ddnn.data.views import split_views
 from ddnn.evaluate.calibrate import calibrate
 from ddnn.evaluate.runner import collect_outputs, evaluate_outputs
 from ddnn.model.hierarchy import HierarchicalModel
+from ddnn.model.views import split_views
 from ddnn.nn.binary import BinaryConv2d, BinaryLinear, clip_latent_weights
-from ddnn.store.artifact import load_model, read_spec, read_spec_doc, save_model
+from ddnn.store.artifact import open_model, save_model
 from ddnn.train.config import Experiment, TrainConfig
 from ddnn.train.loss import joint_loss, target_maps
 from ddnn.train.state import load_train_state, save_train_state
@@ -132,9 +132,10 @@ class Trainer:
         self.parent: str | None = None
         self.version = 1
         if init_from is not None:  # fine-tuning: the stored architecture, a new version
-            self.model = load_model(init_from)
+            stored = open_model(init_from)
+            self.model = stored.load()
             self.parent = str(Path(init_from).resolve())
-            self.version = int(read_spec_doc(init_from)["version"]) + 1
+            self.version = stored.version + 1
         else:
             mean, std = self.data.normalization()
             spec = experiment.model.with_dataset(
@@ -209,7 +210,7 @@ class Trainer:
 
     def finish(self, before: dict[str, Any] | None = None) -> dict[str, Any]:
         """Calibrate on validation, store thresholds and metrics with the best model."""
-        best = load_model(self.run_dir)
+        best = open_model(self.run_dir).load()
         val_out = collect_outputs(best, self.data.val)
         thresholds = calibrate(
             val_out, self.cfg.calibrate, self.cfg.tolerance, self.cfg.target_fraction
@@ -239,7 +240,7 @@ def train_experiment(
 ) -> dict[str, Any]:
     """The `ddnn train` entry point; returns the test report."""
     if init_from is not None:
-        experiment = replace(experiment, model=read_spec(init_from))
+        experiment = replace(experiment, model=open_model(init_from).spec)
     trainer = Trainer(experiment, run_dir, init_from=init_from, progress=progress)
     if resume:
         trainer.resume()

@@ -50,16 +50,15 @@ from ddnn.runtime.wire import (
     request_filter,
     request_topic,
 )
-from ddnn.store.artifact import load_model, read_spec_doc
+from ddnn.store.artifact import open_model
 
 log = logging.getLogger(__name__)
 
 
 def _load(run_dir: str | Path) -> tuple[str, int, HierarchicalModel]:
     """The stored model's name, version and sections."""
-    doc = read_spec_doc(run_dir)
-    model_name, version = str(doc["name"]), int(doc["version"])
-    return model_name, version, load_model(run_dir)
+    stored = open_model(run_dir)
+    return stored.name, stored.version, stored.load()
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ddnn.evaluate.communication import binary_output
 from ddnn.model.hierarchy import HierarchicalModel
+from ddnn.model.outputs import binary_output
 from ddnn.runtime.edge.frames import Frame, Report
 from ddnn.runtime.executor import Answer, SectionExecutor, decide
 from ddnn.runtime.wire import (
