@@ -31,6 +31,9 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--out", help="run folder (default: runs/<preset>)")
     p.add_argument("--from", dest="init_from", help="fine-tune this stored model: new version")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the run in --out (deletes its files)"
+    )
     from ddnn.distributed.cli import add_train_arguments
 
     add_train_arguments(p)
@@ -40,8 +43,12 @@ def _add_train(sub: Any) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from ddnn.evaluate.tables import report_text
     from ddnn.train.config import load_experiment, resume_experiment
-    from ddnn.train.trainer import train_experiment
+    from ddnn.train.trainer import how_to_continue, train_experiment
 
+    if args.verbose == 0:  # one line per epoch even without -v
+        logging.getLogger("ddnn.train").setLevel(logging.INFO)
+    if args.resume and args.overwrite:
+        raise DdnnError("--resume continues a run, --overwrite replaces it: give one of them")
     if args.resume:
         exp, run_dir = resume_experiment(args.resume), Path(args.resume)
     else:
@@ -55,13 +62,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.out or f"runs/{exp.model.name}")
     from ddnn.distributed.cli import is_distributed, train_distributed
 
-    if is_distributed(args):
-        distributed = train_distributed(args, exp, run_dir)
-        if distributed is None:  # a rank other than 0: rank 0 reports
-            return 0
-        report = distributed
-    else:
-        report = train_experiment(exp, run_dir, args.init_from, resume=bool(args.resume))
+    try:
+        if is_distributed(args):
+            distributed = train_distributed(args, exp, run_dir)
+            if distributed is None:  # a rank other than 0: rank 0 reports
+                return 0
+            report = distributed
+        else:
+            report = train_experiment(
+                exp, run_dir, args.init_from, resume=bool(args.resume), overwrite=args.overwrite
+            )
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(how_to_continue(run_dir)) from None
     print(report_text(report, f"{exp.model.name}: test split, thresholds calibrated on validation"))
     print(f"\nrun folder: {run_dir}")
     return 0
@@ -218,8 +230,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"ddnn {args.command}: error: {exc.filename or exc}: not found", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"ddnn {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        hint = f": {exc}" if str(exc) else ""  # a command may say how to continue
+        print(f"ddnn {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
 
 

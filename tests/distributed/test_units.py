@@ -99,3 +99,13 @@ def test_warmup_composes_with_the_schedule_and_resumes():
     assert opt2.param_groups[0]["lr"] == pytest.approx(
         0.5 * (0.2 * (1 + math.cos(math.pi * 2 / 10))) * (0.5 + 0.5 * 2 / 3)
     )
+
+
+def test_distributed_training_refuses_a_run_folder_without_overwrite(tmp_path, capsys):
+    from ddnn.cli import main
+
+    (tmp_path / "config.json").write_text("{}")  # a run was trained here
+    argv = ["train", "lenet5", "--dataset", "synthetic", "--nproc", "2", "--out", str(tmp_path)]
+    assert main(argv) == 2  # refused before any process starts
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and len(err.strip().splitlines()) == 1

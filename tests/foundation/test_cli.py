@@ -5,12 +5,15 @@ import pytest
 from ddnn.cli import main
 
 
-def test_train_evaluate_info_end_to_end(tmp_path, capsys):
+def test_train_evaluate_info_end_to_end(tmp_path, capsys, caplog):
     run = tmp_path / "run"
     assert (
         main(["train", "ddnn", "--dataset", "synthetic", "--epochs", "1", "--out", str(run)]) == 0
     )
     capsys.readouterr()
+    epoch_lines = [r for r in caplog.records if r.getMessage().startswith("epoch 1/1: loss")]
+    assert [r.levelname for r in epoch_lines] == ["INFO"]  # shown without -v: one per epoch
+    assert "validation accuracy device" in epoch_lines[0].getMessage()
     assert main(["evaluate", str(run), "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     for key in ("local", "server", "overall", "ideal", "cloud_only"):

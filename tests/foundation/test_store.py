@@ -1,3 +1,4 @@
+import errno
 import json
 
 import pytest
@@ -6,6 +7,7 @@ import torch
 from ddnn.data.datasets import create_dataset
 from ddnn.errors import DdnnError
 from ddnn.model.views import split_views
+from ddnn.store import durable
 from ddnn.store.artifact import load_model, open_model, read_spec_doc, save_model
 
 
@@ -92,3 +94,50 @@ def test_load_checks_hashes_and_missing_files(tiny_ddnn, tmp_path):
         stored.load()
     with pytest.raises(DdnnError, match="no part 'edge'"):
         stored.load(parts=["edge"])
+
+
+def test_a_save_that_fails_midway_leaves_the_previous_version_loadable(
+    tiny_ddnn, tmp_path, monkeypatch
+):
+    first = load_model(tiny_ddnn)
+    folder = save_model(first, tmp_path / "m", version=1)
+    second = load_model(tiny_ddnn)
+    with torch.no_grad():
+        for p in second.parameters():
+            p.add_(1.0)
+    real, written = durable.write_file, []
+
+    def write(path, data):  # the disk is full after the first file
+        if written:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(path)
+        real(path, data)
+
+    monkeypatch.setattr(durable, "write_file", write)
+    with pytest.raises(durable.SaveError, match=f"no space left on device while saving {folder}"):
+        save_model(second, folder, version=2)
+    again = load_model(folder)
+    assert read_spec_doc(folder)["version"] == 1
+    for name, value in first.state_dict().items():
+        assert torch.equal(again.state_dict()[name], value)
+    assert not list(folder.glob(".saving-*"))
+
+
+def test_the_same_model_saved_twice_gives_byte_identical_weight_files(tiny_multiview, tmp_path):
+    model = load_model(tiny_multiview)
+    a, b = save_model(model, tmp_path / "a"), save_model(model, tmp_path / "b")
+    names = sorted(p.name for p in (a / "weights").iterdir())
+    assert len(names) == 5
+    for name in names:
+        assert (a / "weights" / name).read_bytes() == (b / "weights" / name).read_bytes()
+    docs = [read_spec_doc(a), read_spec_doc(b)]
+    assert [d.pop("created") for d in docs] and docs[0] == docs[1]  # only the time differs
+
+
+def test_a_model_with_non_finite_weights_is_not_saved(tiny_ddnn, tmp_path):
+    model = load_model(tiny_ddnn)
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    with pytest.raises(DdnnError, match="NaN or infinite"):
+        save_model(model, tmp_path / "m")
+    assert not (tmp_path / "m" / "spec.json").exists()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -64,10 +65,13 @@ def train_distributed(args: argparse.Namespace, experiment: Any, run_dir: Path) 
     """Train as `ddnn train` would, distributed. Returns the test report on rank 0 (or from the
     local launcher), None on the other ranks (which should print nothing)."""
     from ddnn.distributed.launch import in_distributed_env, launch_local
-    from ddnn.distributed.trainer import run_rank
+    from ddnn.distributed.trainer import restarted, run_rank
+    from ddnn.train.trainer import prepare_run_dir
 
     cfg = dist_config(args)
     init_from, resume = getattr(args, "init_from", None), bool(getattr(args, "resume", None))
+    if not resume and os.environ.get("RANK", "0") == "0" and not restarted():
+        prepare_run_dir(run_dir, getattr(args, "overwrite", False))  # rank 0 owns the folder
     if in_distributed_env():
         if args.nproc is not None:
             log.warning("--nproc ignored: this process is already one rank of a distributed run")

@@ -199,14 +199,14 @@ def write_record(
     (run_dir / RECORD_FILE).write_text(json.dumps(doc, indent=2))
 
 
-def _restarted() -> bool:
+def restarted() -> bool:
     """This rank was started again by torch elastic after a failure (--max-restarts)."""
     return os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0"
 
 
 def _fault(rank: int) -> tuple[int, str] | None:
     spec = os.environ.get(FAULT_ENV)
-    if not spec or _restarted():
+    if not spec or restarted():
         return None
     r, step, kind = spec.split(":")
     return (int(step), kind) if int(r) == rank else None
@@ -243,7 +243,7 @@ def run_rank(
     lr = dist_cfg.scaled_lr(experiment.train.lr, workers)
     experiment = replace(experiment, train=replace(experiment.train, lr=lr))
     run_dir = Path(run_dir)
-    if not resume and _restarted():
+    if not resume and restarted():
         resume = (run_dir / STATE_TENSORS).is_file()  # elastic restart: continue, not restart
     dist.init_process_group("gloo", timeout=timedelta(seconds=dist_cfg.timeout))
     try:

@@ -4,7 +4,6 @@ upper section, so a device is shipped only its own weights. Nothing is ever unpi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -13,12 +12,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ddnn.config import from_dict, to_dict
 from ddnn.errors import DdnnError
 from ddnn.model.hierarchy import HierarchicalModel
 from ddnn.model.spec import ModelSpec
+from ddnn.store.durable import (
+    first_non_finite,
+    json_bytes,
+    replace_files,
+    safetensors_bytes,
+    sha256_hex,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +52,7 @@ def _part_module(model: HierarchicalModel, part: str) -> Any:
 
 
 def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return sha256_hex(path.read_bytes())
 
 
 def save_model(
@@ -56,18 +62,25 @@ def save_model(
     parent: str | None = None,
     metrics: dict[str, Any] | None = None,
 ) -> Path:
-    """Write spec.json and one safetensors file per part into `folder`; returns the folder."""
+    """Write spec.json and one safetensors file per part into `folder`; returns the folder.
+    One atomic save (store.durable): a failed write raises SaveError and leaves the previous
+    version loadable. The same model gives byte-identical weight files (no times in them)."""
     folder = Path(folder)
-    (folder / "weights").mkdir(parents=True, exist_ok=True)
-    hashes = {}
+    files, hashes = {}, {}
     meta = {"model": model.spec.name, "version": str(version)}
     for part in part_names(model):
-        path = folder / "weights" / f"{part}.safetensors"
         state = {
             k: v.detach().contiguous() for k, v in _part_module(model, part).state_dict().items()
         }
-        save_file(state, str(path), metadata=meta | {"part": part})
-        hashes[part] = _sha256(path)
+        bad = first_non_finite(state)
+        if bad is not None:
+            raise DdnnError(
+                f"{part}.{bad} holds NaN or infinite values: not saving a diverged model to "
+                f"{folder}; train again with a lower learning rate"
+            )
+        data = safetensors_bytes(state, meta | {"part": part})
+        files[f"weights/{part}.safetensors"] = data
+        hashes[part] = sha256_hex(data)
     doc = {
         "format": FORMAT,
         "name": model.spec.name,
@@ -78,7 +91,8 @@ def save_model(
         "weights": hashes,
         "metrics": metrics or {},
     }
-    (folder / SPEC_FILE).write_text(json.dumps(doc, indent=2))
+    files[SPEC_FILE] = json_bytes(doc)  # last: it holds the hashes, so it switches the set
+    replace_files(folder, files)
     log.info("saved %s v%d to %s", model.spec.name, version, folder)
     return folder
 
@@ -191,7 +205,6 @@ def load_model(folder: str | Path, parts: Iterable[str] | None = None) -> Hierar
 
 def update_spec(folder: str | Path, **fields: Any) -> None:
     """Rewrite top-level fields of spec.json (thresholds after calibration, metrics)."""
-    path = Path(folder) / SPEC_FILE
     doc = read_spec_doc(folder)
     doc.update(fields)
-    path.write_text(json.dumps(doc, indent=2))
+    replace_files(Path(folder), {SPEC_FILE: json_bytes(doc)})

@@ -3,7 +3,9 @@ saved beside every run."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from ddnn.config import from_dict
@@ -67,13 +69,20 @@ def load_experiment(name_or_path: str, **overrides: Any) -> Experiment:
 
 def resume_experiment(run_dir: str) -> Experiment:
     """The experiment an interrupted run was started with (its config.json)."""
-    import json
-    from pathlib import Path
-
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise DdnnError(f"{run_dir} has no config.json: not a run folder to resume")
-    doc = json.loads(path.read_text())
-    return Experiment(
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DdnnError(
+            f"{path} is not valid JSON (cut or damaged): train again into a new --out folder or "
+            "with --overwrite"
+        ) from exc
+    if not isinstance(doc, dict) or "model" not in doc or "train" not in doc:
+        raise DdnnError(f"{path} lacks the model or train table: not a run folder to resume")
+    experiment = Experiment(
         from_dict(ModelSpec, doc["model"], "model"), from_dict(TrainConfig, doc["train"], "train")
     )
+    experiment.train.validate()
+    return experiment

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,20 +18,36 @@ from tqdm.auto import tqdm
 
 from ddnn.config import to_dict
 from ddnn.data.datasets import Dataset, Split, create_dataset
+from ddnn.errors import DdnnError
 from ddnn.evaluate.calibrate import calibrate
 from ddnn.evaluate.runner import collect_outputs, evaluate_outputs
 from ddnn.model.hierarchy import HierarchicalModel
 from ddnn.model.views import split_views
 from ddnn.nn.binary import BinaryConv2d, BinaryLinear, clip_latent_weights
-from ddnn.store.artifact import open_model, save_model
+from ddnn.store.artifact import SPEC_FILE, open_model, save_model
+from ddnn.store.durable import STAGING_PREFIX, SaveError, json_bytes, replace_files
 from ddnn.train.config import Experiment, TrainConfig
 from ddnn.train.loss import joint_loss, target_maps
-from ddnn.train.state import load_train_state, save_train_state
+from ddnn.train.state import (
+    START_OVER,
+    STATE_JSON,
+    STATE_TENSORS,
+    load_train_state,
+    save_train_state,
+)
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 EPOCHS_FILE = "metrics.jsonl"
+REPORT_FILE = "metrics.json"
+# everything ddnn writes into a run folder (distributed.json by ddnn.distributed, sweep.png by
+# `ddnn evaluate --sweep`): what --overwrite clears and what marks a folder as holding a run
+RUN_FILES = (
+    CONFIG_FILE, EPOCHS_FILE, REPORT_FILE, SPEC_FILE, "weights", STATE_TENSORS, STATE_JSON,
+    "distributed.json", "sweep.png",
+)  # fmt: skip
+_INFO_KEYS = ("epoch", "best", "version", "parent", "generator")
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -105,6 +122,48 @@ def run_epoch(ctx: StepContext, split: Split, batch_size: int, desc: str | None 
     return float(total) / max(steps, 1)
 
 
+def prepare_run_dir(run_dir: str | Path, overwrite: bool = False) -> None:
+    """Refuse to train into a folder that holds a run unless told to overwrite, then delete that
+    run's files (only ddnn's): else the new model replaced the old one silently while
+    metrics.jsonl and distributed.json kept the old run's lines."""
+    run_dir = Path(run_dir)
+    found = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if found and not overwrite:
+        raise DdnnError(
+            f"{run_dir} already holds a run ({', '.join(found)}): pass --overwrite to replace "
+            f"it, `ddnn train --resume {run_dir}` to continue it, or choose another --out"
+        )
+    stale = [run_dir / name for name in found] + sorted(run_dir.glob(STAGING_PREFIX + "*"))
+    for path in stale:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def how_to_continue(run_dir: str | Path) -> str:
+    """What to run after a run stopped early: resume when a training state was saved."""
+    if (Path(run_dir) / STATE_TENSORS).is_file():
+        return f"run `ddnn train --resume {run_dir}`"
+    return f"nothing to resume in {run_dir} yet: {START_OVER}"
+
+
+def read_epochs(run_dir: Path, last: int) -> list[dict[str, Any]]:
+    """metrics.jsonl's records of epochs 1..last: a run that stopped after writing a line but
+    before saving its training state would otherwise repeat that epoch's line on resume."""
+    path = run_dir / EPOCHS_FILE
+    records = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash
+        epoch = record.get("epoch") if isinstance(record, dict) else None
+        if isinstance(epoch, int) and epoch <= last:
+            records.append(record)
+    return records
+
+
 def _accuracy_by_exit(model: HierarchicalModel, split: Split) -> dict[str, float]:
     out = collect_outputs(model, split)
     correct = out.predictions == out.labels[None, :]
@@ -158,13 +217,26 @@ class Trainer:
         )
         self.start_epoch = 1
         self.best = -1.0
+        self.epochs: list[dict[str, Any]] = []  # metrics.jsonl's records
 
     def resume(self) -> None:
-        """Continue an interrupted run from its last finished epoch."""
+        """Continue an interrupted run from its last finished epoch (0: none finished)."""
         info = load_train_state(self.run_dir, self.model, self.ctx.optimizer, self.ctx.scheduler)
-        self.ctx.generator.set_state(torch.tensor(info["generator"], dtype=torch.uint8))
+        missing = [k for k in _INFO_KEYS if k not in info]
+        if missing or not isinstance(info["epoch"], int):
+            raise DdnnError(
+                f"{self.run_dir / STATE_JSON} lacks {', '.join(missing) or 'a whole epoch'}: "
+                f"{START_OVER}"
+            )
+        try:
+            self.ctx.generator.set_state(torch.tensor(info["generator"], dtype=torch.uint8))
+        except (RuntimeError, TypeError, ValueError) as exc:
+            raise DdnnError(
+                f"{self.run_dir / STATE_JSON}: the generator state is damaged: {START_OVER}"
+            ) from exc
         self.start_epoch, self.best = info["epoch"] + 1, info["best"]
         self.version, self.parent = info["version"], info["parent"]
+        self.epochs = read_epochs(self.run_dir, info["epoch"])
         log.info("resuming %s after epoch %d", self.run_dir, info["epoch"])
 
     def train_epoch(self, epoch: int) -> float:
@@ -174,33 +246,51 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         """Train, keep the best epoch by validation accuracy of the final exit, calibrate the
-        thresholds on validation and report on test. Returns the test report."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / CONFIG_FILE).write_text(
-            json.dumps({"train": to_dict(self.cfg), "model": to_dict(self.model.spec)}, indent=2)
-        )
+        thresholds on validation and report on test. Returns the test report. A failed save
+        ends in one line saying how to continue; the folder keeps its last complete save."""
+        try:
+            return self._fit()
+        except SaveError as exc:
+            action = "free space" if exc.disk_full else "fix that"
+            raise DdnnError(f"{exc}: {action} and {how_to_continue(self.run_dir)}") from exc
+
+    def _fit(self) -> dict[str, Any]:
+        config = {"train": to_dict(self.cfg), "model": to_dict(self.model.spec)}
+        replace_files(self.run_dir, {CONFIG_FILE: json_bytes(config)})
+        if self.start_epoch == 1:
+            self._save_state(0)  # resumable from the first epoch on (a Ctrl-C in epoch 1)
         before = self._baseline_report()
         final_exit = self.model.spec.exit_sections[-1].name
         for epoch in range(self.start_epoch, self.cfg.epochs + 1):
             t0 = time.perf_counter()
             loss = self.train_epoch(epoch)
             seconds = time.perf_counter() - t0
+            if not math.isfinite(loss):
+                raise DdnnError(
+                    f"epoch {epoch}: the loss is {loss}, training diverged: {START_OVER}, with a "
+                    "lower learning rate (--lr)"
+                )
             val = _accuracy_by_exit(self.model, self.data.val)
             record = {"epoch": epoch, "loss": loss, "val_accuracy": val, "seconds": seconds}
-            with (self.run_dir / EPOCHS_FILE).open("a") as fh:
-                fh.write(json.dumps(record) + "\n")
-            log.info("epoch %d loss %.4f val %s (%.1fs)", epoch, loss, val, seconds)
+            self.epochs.append(record)
+            text = "".join(json.dumps(r) + "\n" for r in self.epochs)
+            replace_files(self.run_dir, {EPOCHS_FILE: text.encode()})
+            log.info(
+                "epoch %d/%d: loss %.4f, validation accuracy %s (%.1f s)", epoch,
+                self.cfg.epochs, loss, ", ".join(f"{k} {v:.3f}" for k, v in val.items()), seconds,
+            )  # fmt: skip
             if val[final_exit] > self.best:
                 self.best = val[final_exit]
                 save_model(self.model, self.run_dir, self.version, self.parent)
-            save_train_state(
-                self.run_dir, self.model, self.ctx.optimizer, self.ctx.scheduler,
-                {
-                    "epoch": epoch, "best": self.best, "version": self.version,
-                    "parent": self.parent, "generator": self.ctx.generator.get_state().tolist(),
-                },
-            )  # fmt: skip
+            self._save_state(epoch)  # last: the commit point of the epoch
         return self.finish(before)
+
+    def _save_state(self, epoch: int) -> None:
+        info = {
+            "epoch": epoch, "best": self.best, "version": self.version, "parent": self.parent,
+            "generator": self.ctx.generator.get_state().tolist(),
+        }  # fmt: skip
+        save_train_state(self.run_dir, self.model, self.ctx.optimizer, self.ctx.scheduler, info)
 
     def _baseline_report(self) -> dict[str, Any] | None:
         """When fine-tuning: the parent's test report on this data, to compare after."""
@@ -227,7 +317,7 @@ class Trainer:
         if before is not None:
             metrics["before_fine_tuning"] = before
         save_model(best, self.run_dir, self.version, self.parent, metrics)
-        (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        replace_files(self.run_dir, {REPORT_FILE: json_bytes(metrics)})
         return test
 
 
@@ -237,10 +327,17 @@ def train_experiment(
     init_from: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    *,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """The `ddnn train` entry point; returns the test report."""
+    """The `ddnn train` entry point; returns the test report. A new run refuses a folder that
+    holds one unless `overwrite` (see prepare_run_dir)."""
     if init_from is not None:
+        if Path(init_from).resolve() == Path(run_dir).resolve():
+            raise DdnnError(f"--from {init_from} is the --out folder: fine-tune into another one")
         experiment = replace(experiment, model=open_model(init_from).spec)
+    if not resume:
+        prepare_run_dir(run_dir, overwrite)
     trainer = Trainer(experiment, run_dir, init_from=init_from, progress=progress)
     if resume:
         trainer.resume()
