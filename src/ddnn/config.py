@@ -55,8 +55,10 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
             _convert(a, v, f"{where}[{i}]")
             for i, (a, v) in enumerate(zip(args, value, strict=True))
         )
-    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise DdnnError(f"{where}: expected a number, got {value!r}")
     if hint in (int, str, bool) and not isinstance(value, hint):
         raise DdnnError(f"{where}: expected {hint.__name__}, got {value!r}")
     if hint is int and isinstance(value, bool):

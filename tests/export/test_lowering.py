@@ -79,3 +79,16 @@ def test_an_unexportable_block_is_a_clear_error(tmp_path):
     model.devices[0].body.append(nn.Sequential(nn.Softmax(dim=1)))
     with pytest.raises(DdnnError, match="cannot export a Softmax block"):
         lower_device(model, 0)
+
+
+def test_a_negative_pad_is_refused_not_merged_as_padding(tmp_path):
+    """A crop merged into the next convolution would pad it by p - 1 instead: wrong C that
+    exits 0. The spec refuses negative padding; the lowering refuses it too, for a module
+    built by hand."""
+    with pytest.raises(DdnnError, match=r"layer 0 \(pad\): padding must be >= 0"):
+        custom_model(tmp_path / "s", [L("pad", padding=-1), L("bconv", out=4)], [L("blinear")])
+    run = custom_model(tmp_path / "m", [L("bconv", out=4)], [L("blinear", activation="none")])
+    model = load_model(run)
+    model.devices[0].body.insert(0, nn.Sequential(nn.ZeroPad2d(-1)))
+    with pytest.raises(DdnnError, match=r"negative padding \(a crop\) cannot be exported"):
+        lower_device(model, 0)

@@ -1,9 +1,12 @@
 """ONNX export: one file per section with named inputs and outputs, binarization as
 Where(x >= 0, 1, -1) (never Sign), outputs equal to PyTorch for every part."""
 
+import logging
+
 import onnx
 import pytest
 
+from ddnn.export.onnx_export import export_onnx
 from ddnn.export.verify import verify_onnx
 
 from .conftest import HAS_CC, WITH_ONNX
@@ -44,3 +47,18 @@ def test_names_and_binarization(exported, verified):
     assert "Sign" not in ops and {"Where", "GreaterOrEqual"} <= ops
     meta = {p.key: p.value for p in device.metadata_props}
     assert meta["ddnn_model"].startswith("ddnn v1 device0 weights ")
+
+
+def test_an_export_writes_one_self_contained_file_and_no_torchvision_notices(tiny_runs, tmp_path):
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    registry = logging.getLogger("torch.onnx._internal.exporter._registration")
+    registry.addHandler(handler)
+    try:
+        [path] = export_onnx(tiny_runs["ddnn"], tmp_path, parts=["device0"])
+    finally:
+        registry.removeHandler(handler)
+    assert [p.name for p in tmp_path.iterdir()] == ["device0.onnx"]  # no device0.onnx.data
+    onnx.checker.check_model(onnx.load(str(path)))  # weights inside the file
+    assert not [m for m in seen if "torchvision" in m]

@@ -183,7 +183,10 @@ class _Lowering:
             pads = set(head.padding)
             if len(pads) != 1 or rest:
                 raise DdnnError(f"{where}: only uniform ZeroPad2d blocks can be exported")
-            self.pending_pad += int(pads.pop())
+            pad = int(pads.pop())
+            if pad < 0:  # a crop: merged into a convolution's padding it would pad instead
+                raise DdnnError(f"{where}: negative padding (a crop) cannot be exported to C")
+            self.pending_pad += pad
         elif isinstance(head, nn.MaxPool2d):
             self.pool(head, where)
             self.block(rest, where)

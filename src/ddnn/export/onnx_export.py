@@ -32,6 +32,18 @@ OPSET = 18
 ID_KEY = "ddnn_model"  # metadata: which model, version and weights a file holds
 
 
+class _NoTorchvisionNotice(logging.Filter):
+    """torch's ONNX op registry logs a warning for each of four torchvision ops it skips when
+    torchvision is absent, on every export: noise, since no ddnn section uses them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("torchvision is not installed")
+
+
+_REGISTRY_LOG = "torch.onnx._internal.exporter._registration"
+_NOTICE_FILTER = _NoTorchvisionNotice()
+
+
 class _SectionGraph(nn.Module):
     """One section as a graph: optional input normalization, then body and exit head."""
 
@@ -88,6 +100,7 @@ def export_part(model: HierarchicalModel, part: str, path: Path, ident: str) -> 
     graph.eval()
     example = torch.rand(2, *graph.section.in_shape)  # [2, ...]: a batch of 2 keeps B dynamic
     outputs = ["features"] + (["logits"] if graph.section.exit_head is not None else [])
+    logging.getLogger(_REGISTRY_LOG).addFilter(_NOTICE_FILTER)  # idempotent
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's deprecation chatter
         torch.onnx.export(
@@ -98,6 +111,7 @@ def export_part(model: HierarchicalModel, part: str, path: Path, ident: str) -> 
             dynamic_shapes=({0: torch.export.Dim("batch")},),
             opset_version=OPSET,
             dynamo=True,
+            external_data=False,  # one self-contained file: no `<part>.onnx.data` beside it
             verbose=False,
         )
     proto = onnx.load(str(path))

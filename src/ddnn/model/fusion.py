@@ -32,10 +32,3 @@ def fuse(x: Tensor, present: Tensor | None, how: str) -> Tensor:
     if how == "concat":
         return (x * mask).flatten(1, 2)
     raise DdnnError(f"unknown aggregator {how!r}; valid: max, avg, concat")
-
-
-def fused_shape(shape: tuple[int, ...], devices: int, how: str) -> tuple[int, ...]:
-    """Per-sample shape after fusing `devices` inputs of per-sample `shape`."""
-    if how == "concat" and devices > 1:
-        return (shape[0] * devices, *shape[1:])
-    return shape

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ddnn.model.fusion import fuse, fused_shape
+from ddnn.model.fusion import fuse
+from ddnn.model.shapes import fused_shape
 from ddnn.model.spec import ModelSpec, SectionSpec
 from ddnn.nn.blocks import Shape, build_layers
 

@@ -6,15 +6,25 @@ The network itself is tier-agnostic; this spec is the partition. It is stored be
 
 from __future__ import annotations
 
+import logging
+import math
+import re
 from dataclasses import dataclass, field, replace
 
 from ddnn.errors import DdnnError
+from ddnn.model.shapes import check_layers, float_feature_warnings, section_shapes
+from ddnn.names import IDENTIFIER, IDENTIFIER_RULE
 from ddnn.nn.layer import LayerSpec  # the layers are built by nn/, which reads this spec
+
+log = logging.getLogger(__name__)
 
 TIERS = ("device", "edge", "cloud")
 LAYER_TYPES = ("conv", "bconv", "linear", "blinear", "pool", "pad", "dropout")
 ACTIVATIONS = ("relu", "tanh", "sign", "none")
 AGGREGATORS = ("max", "avg", "concat")
+# a section names a weights file and a torch submodule (whose names cannot hold '.')
+_SECTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+_DEVICE_PART = re.compile(r"device[0-9]+")  # the weights of device i: no upper section's name
 
 
 @dataclass(frozen=True)
@@ -109,6 +119,8 @@ class ModelSpec:
             std=std,
         )
         spec.validate()
+        for warning in float_feature_warnings(spec):
+            log.warning("%s", warning)
         return spec
 
     def with_thresholds(self, thresholds: dict[str, float]) -> ModelSpec:
@@ -126,8 +138,17 @@ class ModelSpec:
         exits = self.exit_sections[:-1]
         return {s.name: s.exit.threshold for s in exits if s.exit is not None}
 
+    @property
+    def has_dataset(self) -> bool:
+        """Whether the dataset facts are filled in (a spec from a preset has none yet)."""
+        return self.num_classes > 0 or any(self.input_shape)
+
     def validate(self) -> None:
-        """Raise DdnnError naming the first thing wrong with this spec."""
+        """Raise DdnnError naming the first thing wrong with this spec. Without dataset facts the
+        checks that need them (classes, crops, shapes through every layer) wait for
+        `with_dataset`."""
+        if not isinstance(self.name, str) or not IDENTIFIER.fullmatch(self.name):
+            raise DdnnError(f"model name {self.name!r} is invalid: {IDENTIFIER_RULE}")
         if not self.sections:
             raise DdnnError(f"model {self.name!r} has no sections")
         if self.devices < 1:
@@ -148,10 +169,41 @@ class ModelSpec:
             raise DdnnError(f"model {self.name!r}: several devices need a device-tier section")
         for i, s in enumerate(self.sections):
             self._validate_section(s, first=i == 0)
+        check_layers(self)
+        if self.has_dataset:
+            self._validate_dataset()
+
+    def _validate_dataset(self) -> None:
+        if self.num_classes < 1 or min(self.input_shape) < 1:
+            raise DdnnError(
+                f"model {self.name!r}: {self.num_classes} classes and input shape "
+                f"{list(self.input_shape)}: both must be positive"
+            )
+        if not (math.isfinite(self.mean) and math.isfinite(self.std) and self.std > 0):
+            raise DdnnError(
+                f"model {self.name!r}: input normalization mean {self.mean}, std {self.std}: "
+                "both must be finite and std > 0"
+            )
+        for s in self.exit_sections:
+            assert s.exit is not None
+            for c in s.exit.classes or ():
+                if not 0 <= c < self.num_classes:
+                    raise DdnnError(
+                        f"model {self.name!r} section {s.name!r}: prioritized class {c} is not "
+                        f"a class of the data (0..{self.num_classes - 1})"
+                    )
         self._validate_views()
+        section_shapes(self)
 
     def _validate_section(self, s: SectionSpec, first: bool) -> None:
         where = f"model {self.name!r} section {s.name!r}"
+        if not _SECTION_NAME.fullmatch(s.name):
+            raise DdnnError(
+                f"model {self.name!r}: section name {s.name!r} is invalid: use 1-64 letters, "
+                "digits, '_' or '-', starting with a letter or digit"
+            )
+        if s.tier != "device" and _DEVICE_PART.fullmatch(s.name):
+            raise DdnnError(f"{where}: device<N> names the devices' weights; rename the section")
         if s.input not in ("previous", "raw"):
             raise DdnnError(f"{where}: input must be 'previous' or 'raw', got {s.input!r}")
         if s.aggregate not in AGGREGATORS:
@@ -167,9 +219,6 @@ class ModelSpec:
                 raise DdnnError(f"{where}: exit aggregate must be 'max' or 'avg'")
             if not 0.0 <= s.exit.threshold <= 1.0:
                 raise DdnnError(f"{where}: exit threshold must be in [0, 1]")
-            for c in s.exit.classes or ():
-                if not 0 <= c < self.num_classes:
-                    raise DdnnError(f"{where}: prioritized class {c} is not a class of the data")
 
     def _validate_views(self) -> None:
         v = self.views

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ddnn.errors import DdnnError
 from ddnn.nn.binary import BinaryConv2d, BinaryLinear, BinarySign
 from ddnn.nn.layer import LayerSpec
 
@@ -24,9 +25,10 @@ def _activation(name: str) -> nn.Module:
 
 
 def _block(layer: LayerSpec, in_shape: Shape, out: int) -> nn.Module:
-    """One layer spec -> a Sequential; `in_shape` is what the block receives."""
+    """One layer spec -> a Sequential; `in_shape` is what the block receives. The fields each
+    type reads here are model/shapes.py `LAYER_FIELDS`: keep the two in step."""
     mods: list[nn.Module] = []
-    pad = layer.kernel // 2 if layer.padding is None else layer.padding
+    pad = layer.conv_padding
     if layer.type in ("linear", "blinear") and len(in_shape) > 1:
         mods.append(nn.Flatten())
         in_shape = (math.prod(in_shape),)
@@ -77,7 +79,7 @@ def build_layers(
         out = layer.out
         if out == 0 and layer.type in ("conv", "bconv", "linear", "blinear"):
             if i != len(layers) - 1 or final_out == 0:
-                raise ValueError(f"layer {i} ({layer.type}) needs a positive 'out'")
+                raise DdnnError(f"layer {i} ({layer.type}) needs a positive 'out'")
             out = final_out
         block = _block(layer, shape, out)
         blocks.append(block)

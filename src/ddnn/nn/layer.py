@@ -24,3 +24,8 @@ class LayerSpec:
     activation: str = "relu"
     batch_norm: bool = True
     p: float = 0.0  # dropout probability
+
+    @property
+    def conv_padding(self) -> int:
+        """A conv's padding: unset means "same" for an odd kernel, kernel // 2."""
+        return self.kernel // 2 if self.padding is None else self.padding

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ddnn.errors import DdnnError
+from ddnn.names import IDENTIFIER as _ID
 
 MAGIC = b"DN"
 VERSION = 2  # 2: status FEATURES (an edge asks a device for its features)
@@ -28,7 +29,6 @@ MAX_MESSAGE_BYTES = 1024
 TOPIC_PREFIX = "dd"
 SERVER_GROUP = "ddnn-servers"  # the shared subscription the servers of a site answer from
 
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _PREFIX = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
 _HEAD = struct.Struct("<2sBB")  # magic, version, kind
 _REQUEST = struct.Struct("<QQHB")  # request_id, frame_id, model_version, section

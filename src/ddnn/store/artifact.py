@@ -18,6 +18,7 @@ from ddnn.config import from_dict, to_dict
 from ddnn.errors import DdnnError
 from ddnn.model.hierarchy import HierarchicalModel
 from ddnn.model.spec import ModelSpec
+from ddnn.names import IDENTIFIER, IDENTIFIER_RULE
 from ddnn.store.durable import (
     first_non_finite,
     json_bytes,
@@ -98,7 +99,8 @@ def save_model(
 
 
 def read_spec_doc(folder: str | Path) -> dict[str, Any]:
-    """The parsed spec.json of a stored model, checked for the format this code understands."""
+    """The parsed spec.json of a stored model, checked for the format this code understands and
+    for the type of every top-level field, so a damaged file fails here, naming the field."""
     path = Path(folder) / SPEC_FILE
     if not Path(folder).is_dir():
         raise DdnnError(
@@ -107,14 +109,63 @@ def read_spec_doc(folder: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise DdnnError(f"{folder} has no {SPEC_FILE}: not a ddnn model folder")
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DdnnError(f"{path} is not UTF-8 text (byte {exc.start})") from exc
     except json.JSONDecodeError as exc:
         raise DdnnError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise DdnnError(f"{path}: expected a JSON object, got {type(doc).__name__}")
     if doc.get("format") != FORMAT:
         raise DdnnError(
             f"{path}: unknown model format {doc.get('format')!r}; this ddnn reads {FORMAT!r}"
         )
+    _check_doc_fields(path, doc)
     return doc
+
+
+MAX_VERSION = 0xFFFF  # the wire carries a model's version in 16 bits
+# field -> (types it may have, what it should be), for the message
+_DOC_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "name": ((str,), "the model name"),
+    "version": ((int,), f"an integer version 1..{MAX_VERSION}"),
+    "parent": ((str, type(None)), "the parent model's folder or null"),
+    "created": ((str,), "a UTC time stamp"),
+    "model": ((dict,), "the model spec, an object"),
+    "weights": ((dict,), "an object of part -> SHA-256"),
+    "metrics": ((dict,), "an object"),
+}
+
+
+def _check_doc_fields(path: Path, doc: dict[str, Any]) -> None:
+    for key, (types, what) in _DOC_FIELDS.items():
+        if key not in doc:
+            raise DdnnError(f"{path}: no {key!r} field ({what}): damaged or not written by ddnn")
+        value = doc[key]
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise DdnnError(f"{path}: {key!r} must be {what}, got {value!r:.60}")
+    if not IDENTIFIER.fullmatch(doc["name"]):
+        raise DdnnError(f"{path}: model name {doc['name']!r} is invalid: {IDENTIFIER_RULE}")
+    if not 1 <= doc["version"] <= MAX_VERSION:
+        raise DdnnError(f"{path}: 'version' must be 1..{MAX_VERSION}, got {doc['version']}")
+    for part, digest in doc["weights"].items():
+        if not isinstance(digest, str):
+            raise DdnnError(f"{path}: weights[{part!r}] must be a SHA-256 string, got {digest!r}")
+
+
+def _checked_spec(folder: str | Path, doc: dict[str, Any]) -> ModelSpec:
+    """The model spec in a spec.json document, checked; a bad spec names the file."""
+    try:
+        spec = from_dict(ModelSpec, doc["model"], "model")
+        spec.validate()
+    except DdnnError as exc:
+        raise DdnnError(f"{Path(folder) / SPEC_FILE}: {exc}") from exc
+    if spec.name != doc["name"]:
+        raise DdnnError(
+            f"{Path(folder) / SPEC_FILE}: 'name' {doc['name']!r} differs from the spec's "
+            f"{spec.name!r}"
+        )
+    return spec
 
 
 @dataclass(frozen=True)
@@ -139,8 +190,7 @@ class StoredModel:
     @classmethod
     def read(cls, folder: str | Path) -> StoredModel:
         doc = read_spec_doc(folder)
-        spec = from_dict(ModelSpec, doc["model"], "model")
-        spec.validate()
+        spec = _checked_spec(folder, doc)
         metrics = doc.get("metrics") or {}
         dataset = metrics.get("dataset")
         return cls(
