@@ -37,6 +37,7 @@ from ddnn.runtime.wire import (
     Reply,
     Request,
     Status,
+    encode_frame,
     encode_tensor,
     reply_topic,
     request_topic,
@@ -532,3 +533,83 @@ def test_a_crashed_worker_is_restarted_and_counted(tiny_ddnn, hub_name):
     assert second.status == "ok" and second.predicted >= 0  # the pool still has its worker
     assert healthy
     assert server.metrics.counter("worker_restarts_total") == 1
+
+
+# -- 7. abuse: huge payloads, floods of requests and connections --------------------------------
+
+
+def test_abuse_costs_a_server_nothing_lasting(tiny_ddnn, tmp_path):
+    """On a broker that forwards 16 MiB packets: 1 MB requests (refused by size before any
+    decoding), 10 MB ones (never delivered: the server announced its 1 MiB Maximum Packet Size),
+    a flood of undecodable and wrongly shaped requests over 100 connections. Afterwards the
+    server's RSS is within 10 % of what it was before, and its log grew by rate-limited
+    warnings only (an abuse run once left +70 MB RSS and 65,487 warning lines)."""
+    from ddnn.runtime.broker import MosquittoBroker, find_mosquitto
+
+    try:
+        find_mosquitto()
+    except Exception as exc:
+        pytest.skip(str(exc))
+    started = time.monotonic()
+    doc = read_spec_doc(tiny_ddnn)
+    model, version = str(doc["name"]), int(doc["version"])
+    x = encode_tensor(raw_views(1, tiny_ddnn)[0][None], Encoding.UNIT8, name="x")
+    wrong = encode_tensor(np.zeros((1, 1, 5, 5), np.float32), name="x")
+    with MosquittoBroker(max_packet_size=16 << 20) as broker:
+        server = serve("server", tiny_ddnn, broker.url, tmp_path, "--workers", "1")
+        big = MqttTransport.from_url(broker.url, max_packet_size=16 << 20)
+        requester = Requester(big, "abuser")
+        floods: list[MqttTransport] = []
+        try:
+            server.wait_ready(READY_S)
+
+            def ask(rid: int) -> object:
+                request = Request(rid, model, version, "abuser", rid, 0, (x,))
+                pending, _ = requester.send(request_topic(model, 0, "abuser"), request)
+                return requester.wait(rid, pending, 10.0)
+
+            assert all(isinstance(ask(rid), Reply) for rid in range(1, 21))  # warm up
+            time.sleep(0.5)
+            rss_before, log_before = rss_kb(server.proc.pid), server.log_path.stat().st_size
+            topic = request_topic(model, 0, "abuser")
+            header = b"DN\x02\x01" + (10**6).to_bytes(8, "little")  # a request, id 1000000
+            for size in (10**6,) * 5 + (10**7,) * 2:
+                big.publish(topic, header + bytes(size))
+            sent = 5
+            for c in range(100):  # a flood over 100 connections, open until it was read
+                floods.append(MqttTransport.from_url(broker.url))
+                own = request_topic(model, 0, f"flood{c}")
+                for k in range(5):
+                    floods[-1].publish(own, header + os.urandom(k))
+                    junk = Request(1 + k, model, version, f"flood{c}", k, 0, (wrong,))
+                    floods[-1].publish(own, encode_frame(junk))
+                sent += 10
+            received: list[float] = []
+            try:
+                wait_until(
+                    lambda: received.append(metrics_of(server)["ddnn_requests_received_total"])
+                    or received[-1] >= 20 + sent,
+                    60, "the flood to be read", [server],
+                )  # fmt: skip
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}: {received[-1]} of {20 + sent} read") from None
+            assert isinstance(ask(100), Reply)  # still serving
+            time.sleep(0.5)
+            rss_after, log_after = rss_kb(server.proc.pid), server.log_path.stat().st_size
+            samples = metrics_of(server)
+        finally:
+            for flood in floods:
+                flood.close()
+            requester.close()
+            big.close()
+            server.stop()
+    assert samples["ddnn_requests_received_total"] == 20 + sent + 1  # the 10 MB ones never came
+    assert samples['ddnn_errors_total{code="bad_input"}'] == 5 + 500
+    assert samples['ddnn_errors_total{code="malformed"}'] == 500
+    assert samples['ddnn_log_suppressed_total{key="malformed"}'] >= 490
+    assert rss_after <= rss_before * 1.10, f"RSS {rss_before} -> {rss_after} kB"
+    assert log_after - log_before < 16_000, f"the log grew by {log_after - log_before} bytes"
+    report(
+        "abuse", started, requests=sent, rss_kb_before=rss_before, rss_kb_after=rss_after,
+        log_bytes=log_after - log_before,
+    )  # fmt: skip

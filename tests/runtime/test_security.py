@@ -20,8 +20,11 @@ from ddnn.runtime.server import InferenceServer, ModelDB
 from ddnn.runtime.transport import create_transport
 from ddnn.runtime.wire import (
     Encoding,
+    ErrorFrame,
     Reply,
     Request,
+    Status,
+    decode_frame,
     encode_frame,
     encode_tensor,
     reply_topic,
@@ -236,3 +239,31 @@ def test_secure_deployment_with_an_edge(tiny_multiview, tmp_path):
     assert not [p.name for p in (out / "logs").glob("*.log") if "refused" in p.read_text()]
     access = json.loads((out / "secure" / "access" / "dev0.json").read_text())
     assert access["url"].startswith("mqtts://") and access["username"] == "dev0"
+
+
+def test_a_forged_error_cannot_reach_another_device_on_the_secure_broker(
+    secure_broker, tiny_ddnn, make_inbox
+):
+    """The report's case, through Mosquitto's ACL: dev1 waits on 4242 and gets its real answer."""
+    _, setup = secure_broker
+    with (
+        connect(setup, "server") as st,
+        connect(setup, "dev0") as d0,
+        connect(setup, "dev1") as d1,
+    ):
+        server = InferenceServer(st, ModelDB([tiny_ddnn]), workers=1)
+        own = make_inbox()
+        d0.subscribe(reply_topic("dev0"), own)
+        requester = Requester(d1, "dev1")
+        try:
+            request = raw_request(tiny_ddnn, "dev1", 4242)[1]
+            d0.publish(request_topic(request.model, 0, "dev0"), encode_frame(request))  # first
+            pending, _ = requester.send(request_topic(request.model, 0, "dev1"), request)
+            answer = requester.wait(4242, pending, 5.0)
+            _, error = own.get(5.0)
+        finally:
+            requester.close()
+            server.close()
+    assert isinstance(answer, Reply) and answer.status is Status.OK
+    assert decode_frame(error) == ErrorFrame(4242, Status.MALFORMED, decode_frame(error).message)
+    assert requester.dropped_replies == 0

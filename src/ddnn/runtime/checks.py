@@ -7,6 +7,7 @@ Each error kind carries the wire `Status` its error reply gets, so a tier answer
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -15,6 +16,7 @@ import numpy as np
 from ddnn.errors import DdnnError
 from ddnn.runtime.wire import (
     TOPIC_PREFIX,
+    Encoding,
     Request,
     Status,
     Tensor,
@@ -71,32 +73,58 @@ def require_shape(name: str, got: tuple[int, ...] | None, expected: tuple[int, .
 
 
 def decoded(tensor: Tensor) -> np.ndarray:
-    """`decode_tensor`, its errors (e.g. a payload that does not fit the shape) as BadInput."""
+    """`decode_tensor`, its errors (e.g. a payload that does not fit the shape) as BadInput, and
+    NaN or infinite values refused: no model answers them meaningfully. Only float encodings
+    can carry them (bits, unit8 and the checked int8 scale cannot), so only those are scanned."""
     try:
-        return decode_tensor(tensor)
+        values = decode_tensor(tensor)
     except DdnnError as exc:
         raise BadInput(str(exc)) from exc
+    if tensor.encoding in _FLOATS and not np.isfinite(values).all():
+        raise BadInput(f"tensor {tensor.name!r} has NaN or infinite values")
+    return values
+
+
+_FLOATS = frozenset({Encoding.FLOAT32, Encoding.FLOAT16})
+
+
+def check_size(payload: bytes, limit: int) -> None:
+    """Refuse a message longer than the largest request the tier accepts, before decoding it:
+    decoding copies the payload and its tensors, so a 50 MB message cost a server 2 GB."""
+    if len(payload) > limit:
+        raise BadInput(f"a request of {len(payload)} bytes; the largest accepted is {limit}")
+
+
+def request_limit(shapes: Sequence[tuple[int, ...]]) -> int:
+    """Bytes of the largest request for sections whose 'x' has these shapes: 'x' and a
+    'present' mask [D], both float32 (the widest encoding), plus the frame's fixed fields and
+    its two longest possible names (see docs/protocol.md)."""
+    widest = max(math.prod(shape) + shape[0] for shape in shapes)
+    return 4 * widest + 1024
 
 
 def server_inputs(
     request: Request, expected: tuple[int, ...]
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """A server request's 'x' [*expected] and its 'present' mask [D] (bool) when sent."""
-    tensors = {name: decoded(t) for name, t in tensors_by_name(request).items()}
+    """A server request's 'x' [*expected] and its 'present' mask [D] (bool) when sent. Shapes
+    are checked as declared, before anything is decoded; other tensors are ignored."""
+    tensors = tensors_by_name(request)
     if "x" not in tensors:
         raise BadInput(f"request has tensors {sorted(tensors)}; it needs 'x'")
-    x = tensors["x"]
-    if tuple(x.shape) != expected:
+    if tensors["x"].shape != expected:
         raise BadInput(
-            f"tensor 'x' has shape {tuple(x.shape)}; section {request.section} of "
+            f"tensor 'x' has shape {tensors['x'].shape}; section {request.section} of "
             f"{request.model} v{request.model_version} expects {expected}"
         )
-    present = tensors.get("present")
-    if present is not None:
-        require_shape("present", tuple(present.shape), (expected[0],))
-        present = present > 0
-        if not present.any():
-            raise BadInput("'present' marks no device as present")
+    mask = tensors.get("present")
+    if mask is not None:
+        require_shape("present", mask.shape, (expected[0],))
+    x = decoded(tensors["x"])
+    if mask is None:
+        return x, None
+    present = decoded(mask) > 0
+    if not present.any():
+        raise BadInput("'present' marks no device as present")
     return x, present
 
 

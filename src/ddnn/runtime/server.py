@@ -7,6 +7,7 @@ upper sections and reply. One bad message gets an error reply and never stops th
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -18,7 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from ddnn.errors import DdnnError
-from ddnn.runtime.checks import RequestError, UnknownModel, read_request, server_inputs
+from ddnn.runtime.checks import (
+    RequestError,
+    UnknownModel,
+    check_size,
+    read_request,
+    request_limit,
+    server_inputs,
+)
 from ddnn.runtime.executor import SectionExecutor
 from ddnn.runtime.metrics import Metrics
 from ddnn.runtime.replies import answer_bad_message, publish_quietly, reply_error
@@ -58,6 +66,25 @@ class ModelDB:
             served = ", ".join(f"{n} v{v}" for n, v in sorted(self.models))
             raise UnknownModel(f"model {name} v{version} is not served here; served: {served}")
         return executor
+
+    def input_shape(self, name: str, version: int, section: int) -> tuple[int, ...]:
+        """The shape of 'x' in a request to `section`; UnknownModel when not served here."""
+        executor = self.get(name, version)
+        if not 0 <= section < len(executor.spec.sections):
+            raise UnknownModel(f"model {name} v{version} has no section {section}")
+        return executor.input_shape(section)
+
+    @functools.cached_property
+    def request_limit(self) -> int:
+        """Bytes of the largest request any served section accepts."""
+        return request_limit(
+            [e.input_shape(s) for e in self.models.values() for s in range(len(e.spec.sections))]
+        )
+
+
+def model_filter(name: str, group: str) -> str:
+    """The servers' shared filter for requests to every section of model `name`."""
+    return request_filter(name, 0, group=group).removesuffix("/0/+") + "/+/+"
 
 
 @dataclass
@@ -116,10 +143,8 @@ class InferenceServer:
         ]
         for t in self._threads:
             t.start()
-        for name, _version in db.models:
-            sections = len(db.models[(name, _version)].spec.sections)
-            for section in range(sections):
-                transport.subscribe(request_filter(name, section, group=group), self._on_message)
+        for name in sorted({name for name, _ in db.models}):  # every section: unserved ones
+            transport.subscribe(model_filter(name, group), self._on_message)  # get UNKNOWN_MODEL
 
     def healthy(self) -> bool:
         return not self._stop.is_set() and all(t.is_alive() for t in self._threads)
@@ -222,6 +247,7 @@ class InferenceServer:
     def _admit(self, item: _Item) -> _Job | None:
         """Decode and check one message; answers errors itself and returns None for them."""
         try:
+            check_size(item.payload, self.db.request_limit)
             frame = read_request(item.topic, item.payload)
         except RequestError as exc:
             self._error(item.topic, item.payload, exc.status, str(exc))
@@ -230,8 +256,8 @@ class InferenceServer:
             self.metrics.inc("duplicates_dropped_total", "re-delivered requests dropped")
             return None
         try:
-            executor = self.db.get(frame.model, frame.model_version)
-            x, present = server_inputs(frame, executor.input_shape(frame.section))
+            shape = self.db.input_shape(frame.model, frame.model_version, frame.section)
+            x, present = server_inputs(frame, shape)
         except RequestError as exc:
             self._reply_error(frame, exc.status, str(exc))
             return None
