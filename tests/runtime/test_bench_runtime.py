@@ -48,7 +48,7 @@ def test_the_paho_floor_answers_requests_with_valid_replies(broker, tmp_path):
     floor = FloorProcess(cfg, tmp_path / "floor.log")
     try:
         with MqttTransport.from_url(broker.url) as t:
-            req = Requester(t, "dev7")
+            req = Requester(t, "dev7").start()
             answers = []
             for _ in range(3):
                 r = offload_request((1, 2, 4, 4), "tiny", 1, req.next_id(), "dev7")

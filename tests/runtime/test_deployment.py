@@ -6,12 +6,14 @@ import json
 import os
 import random
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from ddnn.data.datasets import create_dataset
 from ddnn.model.views import device_view
+from ddnn.runtime.config import DeploymentConfig, DeviceConfig, EdgeConfig, ServerConfig, to_argv
 from ddnn.runtime.device import DeviceClient
 from ddnn.runtime.edge import EdgeAggregator
 from ddnn.runtime.mqtt import MqttTransport
@@ -41,7 +43,10 @@ def report_together(url: str, run, frame: int, devices: list[int]) -> list:
     at the same time; returns their records."""
     spec = read_spec(run)
     transports = [MqttTransport.from_url(url) for _ in devices]
-    clients = [DeviceClient(t, run, f"dev{d}", d) for t, d in zip(transports, devices, strict=True)]
+    clients = [
+        DeviceClient(t, run, DeviceConfig(device_id=f"dev{d}", index=d)).start()
+        for t, d in zip(transports, devices, strict=True)
+    ]
     try:
         with ThreadPoolExecutor(len(devices)) as pool:
             jobs = zip(clients, devices, strict=True)
@@ -53,7 +58,9 @@ def report_together(url: str, run, frame: int, devices: list[int]) -> list:
 
 
 def test_full_run_on_a_tiny_model(tiny_ddnn, tmp_path):
-    report = run_deployment(tiny_ddnn, tmp_path / "out", devices=2, samples=30, workers=1)
+    report = run_deployment(
+        tiny_ddnn, tmp_path / "out", DeploymentConfig(devices=2, samples=30, workers=1)
+    )
     for mode in ("device+server", "server-only"):
         c = report["configurations"][mode]
         assert c["samples"] == 30 and c["lost"] == 0 and c["degraded"] == 0
@@ -70,24 +77,26 @@ def test_server_killed_and_restarted(tiny_ddnn, broker, tmp_path):
     xs, _ = views(6, spec)
     server = Process(
         "server",
-        ["serve", str(tiny_ddnn), "--broker", broker.url, "--workers", "1"],
+        ["serve", str(tiny_ddnn), "--broker", broker.url, *to_argv(ServerConfig(workers=1))],
         tmp_path,
         True,
     )
     transport = MqttTransport.from_url(broker.url)
-    device = DeviceClient(transport, tiny_ddnn, "dev0", mode="server-only", deadline_ms=3000)
+    device = DeviceClient(
+        transport, tiny_ddnn, DeviceConfig(device_id="dev0", mode="server-only", deadline_ms=3000)
+    ).start()
     try:
         server.wait_ready()
         assert device.infer(xs[0], 0).status == "ok"
         server.kill()  # a crash: no goodbye
-        device.deadline_s = 0.3
+        device.config = replace(device.config, deadline_ms=300)
         during = [device.infer(x, i) for i, x in enumerate(xs[1:3], 1)]
         assert all(r.status == "lost" and r.total_ms < 2000 for r in during)
         server = Process(
             "server2", ["serve", str(tiny_ddnn), "--broker", broker.url], tmp_path, True
         )
         server.wait_ready()
-        device.deadline_s = 3.0
+        device.config = replace(device.config, deadline_ms=3000)
         after = [device.infer(x, i) for i, x in enumerate(xs[3:], 3)]
         assert all(r.status == "ok" for r in after)
     finally:
@@ -100,7 +109,9 @@ def test_device_plus_server_degrades_instead_of_losing(tiny_ddnn, broker):
     spec = read_spec(tiny_ddnn)
     xs, _ = views(10, spec)
     transport = MqttTransport.from_url(broker.url)
-    device = DeviceClient(transport, tiny_ddnn, "dev0", deadline_ms=200)
+    device = DeviceClient(
+        transport, tiny_ddnn, DeviceConfig(device_id="dev0", deadline_ms=200)
+    ).start()
     engine_model = device.engine.model
     engine_model.spec = engine_model.spec.with_thresholds({"device": 0.0})  # all go up
     try:
@@ -116,7 +127,7 @@ def test_missing_multiview_device_is_answered_after_the_deadline(tiny_multiview,
         "server", ["serve", str(tiny_multiview), "--broker", broker.url], tmp_path, True
     )
     edge_transport = MqttTransport.from_url(broker.url)
-    edge = EdgeAggregator(edge_transport, tiny_multiview, frame_deadline_ms=150)
+    edge = EdgeAggregator(edge_transport, tiny_multiview, EdgeConfig(frame_deadline_ms=150)).start()
     try:
         server.wait_ready()
         records = report_together(broker.url, tiny_multiview, 7, [0, 1, 2])
@@ -172,7 +183,7 @@ def test_device_command_on_image_files(tiny_ddnn, tmp_path, capsys):
     for i, img in enumerate(x):
         paths.append(str(tmp_path / f"img{i}.png"))
         imsave(paths[-1], img, cmap="gray", vmin=0, vmax=255)
-    argv = ["device", str(tiny_ddnn), "--images", *paths, "--deadline-ms", "300"]
+    argv = ["device", str(tiny_ddnn), "--images", *paths, *to_argv(DeviceConfig(deadline_ms=300))]
     assert main(argv) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
     assert len(lines) == 2 and all(r["predicted"] >= 0 for r in lines)

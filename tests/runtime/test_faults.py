@@ -16,6 +16,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from ddnn.bench.load import rss_mb
 from ddnn.data.datasets import create_dataset
 from ddnn.model.views import device_view
 from ddnn.runtime.client import Requester
+from ddnn.runtime.config import DeviceConfig, EdgeConfig, ServerConfig, StreamConfig, to_argv
 from ddnn.runtime.device import DeviceClient, Record
 from ddnn.runtime.metrics import parse_samples
 from ddnn.runtime.mqtt import MqttTransport
@@ -63,22 +65,28 @@ def offloading(tiny_ddnn, tmp_path_factory) -> Path:
     return save_model(model, tmp_path_factory.mktemp("offloading") / "run")
 
 
-def serve(name: str, run: Path, url: str, logs: Path, *extra: str) -> Process:
-    return Process(name, ["serve", str(run), "--broker", url, *extra], logs, ready=True)
+def serve(name: str, run: Path, url: str, logs: Path, config: ServerConfig) -> Process:
+    args = ["serve", str(run), "--broker", url, *to_argv(config)]
+    return Process(name, args, logs, ready=True)
 
 
 def stream(
-    name: str, run: Path, url: str, logs: Path, samples: int, rate: float = 0.0,
-    deadline_ms: float = 1000.0, index: int = 0,
-) -> tuple[Process, Path]:  # fmt: skip
+    name: str,
+    run: Path,
+    url: str,
+    logs: Path,
+    samples: int,
+    *,
+    rate: float = 0.0,
+    deadline_ms: float = 1000.0,
+    index: int = 0,
+) -> tuple[Process, Path]:
     """A `ddnn device` process streaming the first `samples` test samples; its records file."""
     records = logs / f"{name}.jsonl"
-    args = [
-        "device", str(run), "--id", name, "--index", str(index), "--broker", url,
-        "--samples", str(samples), "--rate", str(rate), "--deadline-ms", str(deadline_ms),
-        "--records", str(records), "--dataset", "synthetic",
-    ]  # fmt: skip
-    return Process(name, args, logs), records
+    device = DeviceConfig(device_id=name, index=index, deadline_ms=deadline_ms)
+    feed = StreamConfig(samples=samples, rate=rate, records=str(records))
+    args = ["device", str(run), "--broker", url, *to_argv(device), *to_argv(feed)]
+    return Process(name, [*args, "--dataset", "synthetic"], logs), records
 
 
 def lines(path: Path) -> int:
@@ -180,18 +188,28 @@ def test_broker_restart_during_a_stream(offloading, broker, tmp_path):
     replies can be counted (requests queued during the outage are sent after the reconnect)."""
     started = time.monotonic()
     samples, rate, deadline_ms, outage_s = 50, 10.0, 1000.0, 1.5
-    server = serve("server", offloading, broker.url, tmp_path, "--workers", "1")
+    server = serve("server", offloading, broker.url, tmp_path, ServerConfig(workers=1))
     devices: list[tuple[Process, Path]] = []
     transport = device = None
     local: list[Record] = []
     try:
         server.wait_ready(READY_S)
         devices = [
-            stream(f"dev{i}", offloading, broker.url, tmp_path, samples, rate, deadline_ms)
+            stream(
+                f"dev{i}",
+                offloading,
+                broker.url,
+                tmp_path,
+                samples,
+                rate=rate,
+                deadline_ms=deadline_ms,
+            )
             for i in range(2)
         ]
         transport = MqttTransport.from_url(broker.url)
-        device = DeviceClient(transport, offloading, "here", deadline_ms=deadline_ms)
+        device = DeviceClient(
+            transport, offloading, DeviceConfig(device_id="here", deadline_ms=deadline_ms)
+        ).start()
         xs = raw_views(samples, offloading)
 
         def stream_here() -> None:
@@ -248,14 +266,23 @@ def test_one_server_of_two_killed(offloading, broker, tmp_path):
     started = time.monotonic()
     samples, rate, deadline_ms = 40, 10.0, 1000.0
     servers = [
-        serve(f"server-{n}", offloading, broker.url, tmp_path, "--workers", "1") for n in "ab"
+        serve(f"server-{n}", offloading, broker.url, tmp_path, ServerConfig(workers=1))
+        for n in "ab"
     ]
     devices: list[tuple[Process, Path]] = []
     try:
         for s in servers:
             s.wait_ready(READY_S)
         devices = [
-            stream(f"dev{i}", offloading, broker.url, tmp_path, samples, rate, deadline_ms)
+            stream(
+                f"dev{i}",
+                offloading,
+                broker.url,
+                tmp_path,
+                samples,
+                rate=rate,
+                deadline_ms=deadline_ms,
+            )
             for i in range(2)
         ]
         wait_until(
@@ -307,11 +334,11 @@ def test_device_killed_in_a_multiview_deployment(tiny_multiview, broker, tmp_pat
     names = [f"dev{i}" for i in range(spec.devices)]
     victim, survivors = names[-1], names[:-1]
     tiers = [
-        serve("server", tiny_multiview, broker.url, tmp_path, "--workers", "1"),
+        serve("server", tiny_multiview, broker.url, tmp_path, ServerConfig(workers=1)),
         Process(
             "edge",
             ["edge", str(tiny_multiview), "--broker", broker.url,
-             "--frame-deadline-ms", str(frame_deadline_ms)],
+             *to_argv(EdgeConfig(frame_deadline_ms=frame_deadline_ms))],
             tmp_path, ready=True,
         ),
     ]  # fmt: skip
@@ -319,7 +346,9 @@ def test_device_killed_in_a_multiview_deployment(tiny_multiview, broker, tmp_pat
                                   index=len(survivors))  # fmt: skip
     transports = [MqttTransport.from_url(broker.url) for _ in survivors]
     clients = [
-        DeviceClient(t, tiny_multiview, name, i, deadline_ms=2000)
+        DeviceClient(
+            t, tiny_multiview, DeviceConfig(device_id=name, index=i, deadline_ms=2000)
+        ).start()
         for i, (t, name) in enumerate(zip(transports, survivors, strict=True))
     ]
     views = [raw_views(samples, tiny_multiview, i) for i in range(len(survivors))]
@@ -378,16 +407,18 @@ def test_frozen_server_answers_are_dropped_when_late(offloading, broker, tmp_pat
     replies (no second answer); then answers are the server's again."""
     started = time.monotonic()
     xs = raw_views(11, offloading)
-    server = serve("server", offloading, broker.url, tmp_path, "--workers", "1")
+    server = serve("server", offloading, broker.url, tmp_path, ServerConfig(workers=1))
     transport = MqttTransport.from_url(broker.url)
     spy = MqttTransport.from_url(broker.url)  # every reply the server sends to the device
     replies: list[bytes] = []
     spy.subscribe(reply_topic("dev0"), lambda t, p: replies.append(p))
-    device = DeviceClient(transport, offloading, "dev0", deadline_ms=5000)
+    device = DeviceClient(
+        transport, offloading, DeviceConfig(device_id="dev0", deadline_ms=5000)
+    ).start()
     try:
         server.wait_ready(READY_S)
         warm = [device.infer(x, i) for i, x in enumerate(xs[:3])]
-        device.deadline_s = 0.4
+        device.config = replace(device.config, deadline_ms=400)
         server.pause()
         try:
             t0 = time.monotonic()
@@ -398,7 +429,7 @@ def test_frozen_server_answers_are_dropped_when_late(offloading, broker, tmp_pat
         wait_until(
             lambda: device.requester.dropped_replies >= len(frozen), 20, "late replies", [server]
         )
-        device.deadline_s = 5.0
+        device.config = replace(device.config, deadline_ms=5000)
         after = [device.infer(x, i) for i, x in enumerate(xs[7:], 7)]
         wait_until(lambda: len(replies) >= len(xs), 5, "every reply at the spy")
         time.sleep(0.2)  # anything more would be a second answer
@@ -433,7 +464,7 @@ def test_back_pressure_sheds_and_memory_stays_flat(tiny_ddnn, broker, tmp_path):
     clients, per_client, bursts, rss_bound_kb = 8, 40, 5, 8 * 1024
     server = serve(
         "server", tiny_ddnn, broker.url, tmp_path,
-        "--workers", "1", "--queue-limit", "4", "--max-batch", "1",
+        ServerConfig(workers=1, queue_limit=4, max_batch=1),
     )  # fmt: skip
     doc = read_spec_doc(tiny_ddnn)
     model, version = str(doc["name"]), int(doc["version"])
@@ -466,7 +497,7 @@ def test_back_pressure_sheds_and_memory_stays_flat(tiny_ddnn, broker, tmp_path):
         server.wait_ready(READY_S)
         for i in range(clients):
             transports.append(MqttTransport.from_url(broker.url))
-            requesters.append(Requester(transports[-1], f"blast{i}"))
+            requesters.append(Requester(transports[-1], f"blast{i}").start())
         with ThreadPoolExecutor(clients) as pool:
             for burst in range(bursts):
                 for seen in pool.map(lambda r, b=burst: blast(r, b), requesters):
@@ -503,8 +534,14 @@ def test_a_crashed_worker_is_restarted_and_counted(tiny_ddnn, hub_name):
     In-memory transport: no broker needed."""
     transports = [create_transport(f"memory://{hub_name}") for _ in range(2)]
     # every request through the worker pool (an idle server would answer a lone one inline)
-    server = InferenceServer(transports[0], ModelDB([tiny_ddnn]), workers=1, inline_when_idle=False)
-    device = DeviceClient(transports[1], tiny_ddnn, "dev0", mode="server-only", deadline_ms=300)
+    server = InferenceServer(
+        transports[0], ModelDB([tiny_ddnn]), ServerConfig(workers=1, inline=False)
+    ).start()
+    device = DeviceClient(
+        transports[1],
+        tiny_ddnn,
+        DeviceConfig(device_id="dev0", mode="server-only", deadline_ms=300),
+    ).start()
     xs = raw_views(2, tiny_ddnn)
     crashed = threading.Event()
 
@@ -520,7 +557,7 @@ def test_a_crashed_worker_is_restarted_and_counted(tiny_ddnn, hub_name):
             lambda: server.metrics.counter("worker_restarts_total") >= 1, 5, "a worker restart"
         )
         del server._process, server._error
-        device.deadline_s = 5.0
+        device.config = replace(device.config, deadline_ms=5000)
         second = device.infer(xs[1], 1)
         healthy = server.healthy()
     finally:

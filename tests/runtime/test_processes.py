@@ -15,6 +15,7 @@ from ddnn.data.datasets import create_dataset
 from ddnn.model.views import device_view
 from ddnn.nn.entropy import normalized_entropy
 from ddnn.runtime.client import Requester
+from ddnn.runtime.config import DeviceConfig, EdgeConfig, ServerConfig
 from ddnn.runtime.device import EDGE_PREFIX, DeviceClient
 from ddnn.runtime.edge import EdgeAggregator
 from ddnn.runtime.memory import MemoryTransport
@@ -59,12 +60,17 @@ def fused(run, hub, frame_deadline_ms: float, upstream_deadline_ms: float = 2000
     """Server, edge and one client per device of a multi-device model, in one process; yields
     `infer(frame, devices)`: the given devices report sample `frame` together."""
     spec = read_spec(run)
-    server = InferenceServer(hub(), ModelDB([run]), workers=1)
+    server = InferenceServer(hub(), ModelDB([run]), ServerConfig(workers=1)).start()
     edge = EdgeAggregator(
-        hub(), run, frame_deadline_ms=frame_deadline_ms, upstream_deadline_ms=upstream_deadline_ms
-    )
+        hub(),
+        run,
+        EdgeConfig(frame_deadline_ms=frame_deadline_ms, upstream_deadline_ms=upstream_deadline_ms),
+    ).start()
     clients = [
-        DeviceClient(hub(), run, f"dev{i}", i, deadline_ms=5000) for i in range(spec.devices)
+        DeviceClient(
+            hub(), run, DeviceConfig(device_id=f"dev{i}", index=i, deadline_ms=5000)
+        ).start()
+        for i in range(spec.devices)
     ]
     x, _ = samples(8)
     pool = ThreadPoolExecutor(spec.devices)
@@ -94,8 +100,8 @@ def half_offloading(run, folder):
 
 def test_single_device_answers_locally_or_through_the_server(tiny_ddnn, hub, tmp_path):
     run = half_offloading(tiny_ddnn, tmp_path / "m")
-    server = InferenceServer(hub(), ModelDB([run]), workers=2)
-    device = DeviceClient(hub(), run, "dev0", deadline_ms=5000)
+    server = InferenceServer(hub(), ModelDB([run]), ServerConfig(workers=2)).start()
+    device = DeviceClient(hub(), run, DeviceConfig(device_id="dev0", deadline_ms=5000)).start()
     try:
         x, y = samples()
         records = [device.infer(x[i].numpy(), i, int(y[i])) for i in range(len(x))]
@@ -114,8 +120,10 @@ def test_single_device_answers_locally_or_through_the_server(tiny_ddnn, hub, tmp
 
 
 def test_server_only_sends_raw_pixels(tiny_ddnn, hub):
-    server = InferenceServer(hub(), ModelDB([tiny_ddnn]), workers=1)
-    device = DeviceClient(hub(), tiny_ddnn, "dev0", mode="server-only", deadline_ms=5000)
+    server = InferenceServer(hub(), ModelDB([tiny_ddnn]), ServerConfig(workers=1)).start()
+    device = DeviceClient(
+        hub(), tiny_ddnn, DeviceConfig(device_id="dev0", mode="server-only", deadline_ms=5000)
+    ).start()
     try:
         x, _ = samples(4)
         records = [device.infer(x[i].numpy(), i) for i in range(4)]
@@ -128,8 +136,10 @@ def test_server_only_sends_raw_pixels(tiny_ddnn, hub):
 
 def test_dead_server_means_degraded_local_answers(tiny_ddnn, hub, tmp_path):
     device = DeviceClient(
-        hub(), half_offloading(tiny_ddnn, tmp_path / "m"), "dev0", deadline_ms=100
-    )
+        hub(),
+        half_offloading(tiny_ddnn, tmp_path / "m"),
+        DeviceConfig(device_id="dev0", deadline_ms=100),
+    ).start()
     try:
         x, _ = samples(8)
         records = [device.infer(x[i].numpy(), i) for i in range(8)]
@@ -151,12 +161,14 @@ def test_multiview_through_the_edge_and_a_missing_device(tiny_multiview, hub):
 
 
 def test_garbage_gets_an_error_and_the_server_keeps_serving(tiny_ddnn, hub):
-    server = InferenceServer(hub(), ModelDB([tiny_ddnn]), workers=1)
+    server = InferenceServer(hub(), ModelDB([tiny_ddnn]), ServerConfig(workers=1)).start()
     spy = hub()
     got: list[bytes] = []
     spy.subscribe(reply_topic("evil"), lambda t, p: got.append(p))
     spy.publish(request_topic("ddnn", 1, "evil"), b"\x00garbage")
-    device = DeviceClient(hub(), tiny_ddnn, "dev0", deadline_ms=5000, mode="server-only")
+    device = DeviceClient(
+        hub(), tiny_ddnn, DeviceConfig(device_id="dev0", deadline_ms=5000, mode="server-only")
+    ).start()
     try:
         x, _ = samples(2)
         record = device.infer(x[0].numpy(), 0)
@@ -170,10 +182,14 @@ def test_garbage_gets_an_error_and_the_server_keeps_serving(tiny_ddnn, hub):
 
 @pytest.mark.parametrize("inline", [True, False])
 def test_a_lone_request_is_answered_inline_and_a_burst_is_batched(tiny_ddnn, hub, inline):
-    server = InferenceServer(hub(), ModelDB([tiny_ddnn]), workers=1, inline_when_idle=inline)
-    device = DeviceClient(hub(), tiny_ddnn, "dev0", deadline_ms=5000, mode="server-only")
+    server = InferenceServer(
+        hub(), ModelDB([tiny_ddnn]), ServerConfig(workers=1, inline=inline)
+    ).start()
+    device = DeviceClient(
+        hub(), tiny_ddnn, DeviceConfig(device_id="dev0", deadline_ms=5000, mode="server-only")
+    ).start()
     x, _ = samples(4)
-    burst = Requester(hub(), "burst")
+    burst = Requester(hub(), "burst").start()
     try:
         lone = []
         for i in range(3):  # one at a time, spaced: each finds the server idle
@@ -201,9 +217,9 @@ def test_a_lone_request_is_answered_inline_and_a_burst_is_batched(tiny_ddnn, hub
 
 def test_each_kind_of_bad_request_gets_its_own_error_and_serving_goes_on(tiny_ddnn, hub):
     """Wrong version, shape, tensor name or truncated bits: a clear error reply each."""
-    server = InferenceServer(hub(), ModelDB([tiny_ddnn]), workers=1)
+    server = InferenceServer(hub(), ModelDB([tiny_ddnn]), ServerConfig(workers=1)).start()
     client = hub()
-    requester = Requester(client, "dev0")
+    requester = Requester(client, "dev0").start()
     x, _ = samples(1)
     topic, good = raw_request(tiny_ddnn, "dev0", 1, x[0].numpy())
     view = good.tensors[0]
@@ -255,9 +271,11 @@ def test_metrics_and_health_over_http(tiny_ddnn, hub):
 
     from ddnn.runtime.metrics import MetricsServer
 
-    server = InferenceServer(hub(), ModelDB([tiny_ddnn]), workers=1)
-    http = MetricsServer(server.metrics, server.healthy)
-    device = DeviceClient(hub(), tiny_ddnn, "dev0", mode="server-only", deadline_ms=5000)
+    server = InferenceServer(hub(), ModelDB([tiny_ddnn]), ServerConfig(workers=1)).start()
+    http = MetricsServer(server.metrics, server.healthy).start()
+    device = DeviceClient(
+        hub(), tiny_ddnn, DeviceConfig(device_id="dev0", mode="server-only", deadline_ms=5000)
+    ).start()
     try:
         x, _ = samples(2)
         device.infer(x[0].numpy(), 0)

@@ -14,6 +14,7 @@ import pytest
 from ddnn.errors import DdnnError
 from ddnn.runtime.broker import MosquittoBroker, find_mosquitto, parse_broker_url
 from ddnn.runtime.client import Requester
+from ddnn.runtime.config import DeploymentConfig, DeviceConfig, ServerConfig
 from ddnn.runtime.device import EDGE_PREFIX, DeviceClient
 from ddnn.runtime.security import EDGE_TOPIC_PREFIX, BrokerAccess, acl_text, provision
 from ddnn.runtime.server import InferenceServer, ModelDB
@@ -141,10 +142,12 @@ def test_a_device_in_the_servers_group_cannot_steal_requests(secure_broker, tiny
         connect(setup, "dev1") as d1,
     ):
         group = setup.access("server").share_group
-        server = InferenceServer(st, ModelDB([tiny_ddnn]), workers=1, group=group)
+        server = InferenceServer(
+            st, ModelDB([tiny_ddnn]), ServerConfig(workers=1, group=group)
+        ).start()
         stolen: list[str] = []
         d0.subscribe("$share/ddnn-servers/dd/q/+/+/+", lambda t, p: stolen.append(t))
-        requester = Requester(d1, "dev1")
+        requester = Requester(d1, "dev1").start()
         try:
             answers = []
             for rid in range(1, 11):
@@ -174,8 +177,10 @@ def test_wrong_credentials_plain_tcp_and_unknown_ca_are_refused(secure_broker):
 def test_a_device_is_served_through_the_secure_broker(secure_broker, tiny_ddnn):
     _, setup = secure_broker
     with connect(setup, "server") as st, connect(setup, "dev0") as dt:
-        server = InferenceServer(st, ModelDB([tiny_ddnn]), workers=1)
-        client = DeviceClient(dt, tiny_ddnn, "dev0", mode="server-only", deadline_ms=5000)
+        server = InferenceServer(st, ModelDB([tiny_ddnn]), ServerConfig(workers=1)).start()
+        client = DeviceClient(
+            dt, tiny_ddnn, DeviceConfig(device_id="dev0", mode="server-only", deadline_ms=5000)
+        ).start()
         try:
             spec = read_spec(tiny_ddnn)
             record = client.infer(np.zeros(spec.view_shape, np.float32), frame_id=1)
@@ -193,11 +198,11 @@ def test_a_device_cannot_act_for_another_device(secure_broker, tiny_ddnn, caplog
         connect(setup, "dev0") as d0,
         connect(setup, "dev1") as d1,
     ):
-        server = InferenceServer(st, ModelDB([tiny_ddnn]), workers=1)
+        server = InferenceServer(st, ModelDB([tiny_ddnn]), ServerConfig(workers=1)).start()
         spy, own = make_inbox(), make_inbox()
         d0.subscribe(reply_topic("dev1"), spy)  # granted, but the broker delivers nothing
         d0.subscribe("dd/#", spy)
-        requester = Requester(d1, "dev1")
+        requester = Requester(d1, "dev1").start()
         try:
             with caplog.at_level(logging.ERROR, logger="ddnn.runtime.mqtt"):
                 topic, forged = raw_request(tiny_ddnn, "dev1", 7)
@@ -224,9 +229,8 @@ def test_a_device_cannot_act_for_another_device(secure_broker, tiny_ddnn, caplog
 def test_secure_deployment_with_an_edge(tiny_multiview, tmp_path):
     from ddnn.runtime.runner import run_deployment
 
-    report = run_deployment(
-        tiny_multiview, tmp_path / "out", samples=12, modes=("device+server",), secure=True
-    )
+    config = DeploymentConfig(samples=12, mode="device+server", secure=True)
+    report = run_deployment(tiny_multiview, tmp_path / "out", config)
     c = report["configurations"]["device+server"]
     assert report["secure"] and c["samples"] == 12
     assert c["lost"] == 0

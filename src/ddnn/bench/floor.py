@@ -81,7 +81,7 @@ class FloorResponder:
             if self._refused is not None:
                 raise DdnnError(f"{cfg.url} refused the floor responder: {self._refused}")
             if cfg.http_port is not None:
-                self._http = MetricsServer(self.metrics, lambda: True, port=cfg.http_port)
+                self._http = MetricsServer(self.metrics, lambda: True, port=cfg.http_port).start()
         except BaseException:
             self.close()
             raise

@@ -500,6 +500,7 @@ def live_fuzz(
 
     from ddnn.bench.offload import offload_request, offload_shape
     from ddnn.runtime.client import Requester
+    from ddnn.runtime.config import ServerConfig
     from ddnn.runtime.server import InferenceServer, ModelDB
     from ddnn.runtime.transport import create_transport
     from ddnn.store.artifact import open_model
@@ -521,10 +522,9 @@ def live_fuzz(
         watched.addHandler(errors)
         stack.callback(watched.removeHandler, errors)
         server_t, sender_t, probe_t = (stack.enter_context(create_transport(url)) for _ in range(3))
-        server = InferenceServer(server_t, db, workers=2)
-        stack.callback(server.close)  # before the transports close (callbacks run in reverse)
-        prober = Requester(probe_t, "probe")
-        stack.callback(prober.close)
+        # before the transports close (exit callbacks run in reverse)
+        server = stack.enter_context(InferenceServer(server_t, db, ServerConfig(workers=2)))
+        prober = stack.enter_context(Requester(probe_t, "probe"))
         bar = stack.enter_context(
             tqdm(total=len(cases), desc="live server", unit="msg", disable=not progress)
         )

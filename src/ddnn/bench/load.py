@@ -107,7 +107,7 @@ def run_generator(cfg: GeneratorConfig, ready: IO[str], go: IO[str]) -> dict[str
     try:
         for name in names:
             transports.append(create_transport(cfg.url))
-            requesters.append(Requester(transports[-1], name))
+            requesters.append(Requester(transports[-1], name).start())
         topics = [request_topic(cfg.model, 1, name) for name in names]
         feats = [offload_features(cfg.shape, k) for k in cfg.device_ids]
         due, local, number = _schedule(cfg)
@@ -620,6 +620,7 @@ def bench_load(
     from tqdm.auto import tqdm
 
     from ddnn.bench.offload import offload_shape
+    from ddnn.runtime.config import ServerConfig, to_argv
     from ddnn.store.artifact import open_model  # torch: not in the generators
 
     if not devices or not rates or min(devices) < 1 or min(rates) <= 0 or seconds <= 0:
@@ -640,10 +641,10 @@ def bench_load(
         bar = tqdm(grid, desc="bench load", unit="step", disable=not progress)
         try:
             for i, port in enumerate(ports):
-                args = [
-                    "serve", run_dir, "--broker", url, "--workers", str(workers), "--max-batch",
-                    str(max_batch), "--queue-limit", str(queue_limit), "--http-port", str(port),
-                ]  # fmt: skip
+                config = ServerConfig(
+                    workers=workers, max_batch=max_batch, queue_limit=queue_limit, http_port=port
+                )
+                args = ["serve", run_dir, "--broker", url, *to_argv(config)]
                 procs.append(Process(f"load-server-{i}", args, work, ready=True))
             for proc in procs:
                 proc.wait_ready()

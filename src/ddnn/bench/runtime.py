@@ -32,6 +32,7 @@ from ddnn.bench.offload import offload_request, offload_shape
 from ddnn.errors import DdnnError
 from ddnn.runtime.broker import MosquittoBroker, free_port
 from ddnn.runtime.client import Requester
+from ddnn.runtime.config import ServerConfig, to_argv
 from ddnn.runtime.executor import SectionExecutor
 from ddnn.runtime.mqtt import MqttTransport, set_nodelay
 from ddnn.runtime.processes import Process
@@ -106,10 +107,9 @@ def _device_round_trips(
     (round trips ms minus the compute the reply reports, frame bytes, packet bytes, payload
     bytes)."""
     with MqttTransport.from_url(url) as dt:
-        req = Requester(dt, "bench0")
         topic = request_topic(served.name, 1, "bench0")
         times = []
-        try:
+        with Requester(dt, "bench0") as req:
             for _ in range(repeats):
                 r = served.request(req.next_id(), "bench0")
                 pending, sent = req.send(topic, r)
@@ -117,19 +117,16 @@ def _device_round_trips(
                 if not isinstance(answer, Reply):
                     raise RuntimeError(f"offloaded request failed: {answer}")
                 times.append((pending.received_at - pending.sent_at) * 1000 - answer.compute_ms)
-        finally:
-            req.close()
         return times, sent.frame_bytes, sent.packet_bytes, len(r.tensors[0].payload)
 
 
 def framework_rtt(url: str, served: _Served, repeats: int) -> tuple[list[float], int, int, int]:
     """A ddnn device to a ddnn server (in this process, as the echo's two clients are)."""
-    with MqttTransport.from_url(url) as st:
-        server = InferenceServer(st, served.db, workers=1)
-        try:
-            return _device_round_trips(url, served, repeats)
-        finally:
-            server.close()
+    with (
+        MqttTransport.from_url(url) as st,
+        InferenceServer(st, served.db, ServerConfig(workers=1)),
+    ):
+        return _device_round_trips(url, served, repeats)
 
 
 def floor_rtt(url: str, served: _Served, repeats: int) -> list[float]:
@@ -159,10 +156,8 @@ def capacity_sweep(
     procs: list[Process] = []
     try:
         for i, port in enumerate(ports):
-            args = [
-                "serve", served.run_dir, "--broker", url, "--workers", "1", "--max-batch",
-                str(_BATCH), "--queue-limit", "4096", "--http-port", str(port),
-            ]  # fmt: skip
+            config = ServerConfig(workers=1, max_batch=_BATCH, queue_limit=4096, http_port=port)
+            args = ["serve", served.run_dir, "--broker", url, *to_argv(config)]
             procs.append(Process(f"bench-server-{i}", args, work, ready=True))
         for proc in procs:
             proc.wait_ready()

@@ -10,10 +10,20 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ddnn.errors import DdnnError
+from ddnn.runtime.config import (
+    DeploymentConfig,
+    DeviceConfig,
+    EdgeConfig,
+    ServerConfig,
+    StreamConfig,
+    add_flags,
+    from_args,
+)
 
 if TYPE_CHECKING:
     from ddnn.runtime.security import BrokerAccess
@@ -80,13 +90,12 @@ def _one_thread_per_worker() -> None:
     torch.set_num_threads(1)
 
 
-def _add_broker_option(p: argparse.ArgumentParser, auth: bool = True) -> None:
+def _add_broker_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--broker", help="mqtt[s]://host:port of a running broker (default: start one)")
-    if auth:
-        p.add_argument(
-            "--auth", metavar="FILE",
-            help="access file (URL, identity, password, CA) from `ddnn broker --secure`",
-        )  # fmt: skip
+    p.add_argument(
+        "--auth", metavar="FILE",
+        help="access file (URL, identity, password, CA) from `ddnn broker --secure`",
+    )  # fmt: skip
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
@@ -136,29 +145,25 @@ def _device_ids(text: str) -> list[str]:
 def cmd_serve(args: argparse.Namespace) -> int:
     _one_thread_per_worker()
     from ddnn.runtime.metrics import MetricsServer
-    from ddnn.runtime.server import SERVER_GROUP, InferenceServer, ModelDB
+    from ddnn.runtime.server import InferenceServer, ModelDB
 
     db = ModelDB(args.run_dirs)
     access = _access(args)
     # on a secure broker the servers' shared-subscription group is the access file's secret one
-    group = access.share_group if access is not None and access.share_group else SERVER_GROUP
-    with _connect(args, access) as (url, transport):
-        server = InferenceServer(
-            transport, db, args.workers, args.max_batch, args.max_wait_ms, args.queue_limit,
-            inline_when_idle=not args.no_inline, group=group,
-        )  # fmt: skip
-        http = MetricsServer(server.metrics, server.healthy, port=args.http_port)
+    group = {"group": access.share_group} if access is not None and access.share_group else {}
+    config = from_args(ServerConfig, args, **group)
+    with (
+        _connect(args, access) as (url, transport),
+        InferenceServer(transport, db, config) as server,
+        MetricsServer(server.metrics, server.healthy, port=config.http_port) as http,
+    ):
         models = ", ".join(f"{n} v{v}" for n, v in sorted(db.models))
         print(
-            f"serving {models} on {url} with {args.workers} workers; "
+            f"serving {models} on {url} with {config.workers} workers; "
             f"metrics http://127.0.0.1:{http.port}/metrics",
             flush=True,
         )
-        try:
-            _wait_for_signal(args.ready_file)
-        finally:
-            http.close()
-            server.close()
+        _wait_for_signal(args.ready_file)
     return 0
 
 
@@ -166,18 +171,15 @@ def cmd_edge(args: argparse.Namespace) -> int:
     _one_thread_per_worker()
     from ddnn.runtime.edge import EdgeAggregator
 
-    ids = args.devices.split(",") if args.devices else None
     access = _access(args)
-    with _connect(args, access) as (url, transport):
-        edge = EdgeAggregator(
-            transport, args.run_dir, ids, args.frame_deadline_ms, args.upstream_deadline_ms,
-            identity=_identity(args, access, "edge"),
-        )  # fmt: skip
+    config = from_args(EdgeConfig, args)
+    config = replace(config, identity=_identity(args, access, config.identity))
+    with (
+        _connect(args, access) as (url, transport),
+        EdgeAggregator(transport, args.run_dir, config) as edge,
+    ):
         print(f"edge for {edge.model_name} v{edge.version} on {url}: devices {edge.device_ids}")
-        try:
-            _wait_for_signal(args.ready_file)
-        finally:
-            edge.close()
+        _wait_for_signal(args.ready_file)
     return 0
 
 
@@ -242,37 +244,31 @@ def cmd_device(args: argparse.Namespace) -> int:
 
     spec = open_model(args.run_dir).spec
     access = _access(args)
-    device_id = _identity(args, access, "dev0")
+    config = from_args(DeviceConfig, args)
+    config = replace(config, device_id=_identity(args, access, config.device_id))
+    feed = from_args(StreamConfig, args)
+    device_id = config.device_id
     records = []
     with (
-        Path(args.records).open("w") if args.records else nullcontext() as out,
+        Path(feed.records).open("w") if feed.records else nullcontext() as out,
         _connect(args, access) as (_, transport),
     ):
-        client = DeviceClient(
-            transport,
-            args.run_dir,
-            device_id,
-            args.index,
-            args.mode,
-            args.deadline_ms,
-            args.engine,
-        )
         try:
-            inputs = list(_device_inputs(args, spec))
-            _start_together(args.ready_file, args.start_file)
-            start = time.perf_counter()
-            for n, (frame_id, view, label) in enumerate(inputs):
-                if args.rate > 0:  # paced: sample n leaves at start + n / rate
-                    time.sleep(max(0.0, start + n / args.rate - time.perf_counter()))
-                rec = client.infer(view, frame_id, label).to_dict()
-                records.append(rec)
-                if out is not None:
-                    out.write(json.dumps(rec) + "\n")
-                    out.flush()
-                elif args.images:
-                    print(json.dumps(rec), flush=True)
+            with DeviceClient(transport, args.run_dir, config) as client:
+                inputs = list(_device_inputs(args, spec))
+                _start_together(args.ready_file, args.start_file)
+                start = time.perf_counter()
+                for n, (frame_id, view, label) in enumerate(inputs):
+                    if feed.rate > 0:  # paced: sample n leaves at start + n / rate
+                        time.sleep(max(0.0, start + n / feed.rate - time.perf_counter()))
+                    rec = client.infer(view, frame_id, label).to_dict()
+                    records.append(rec)
+                    if out is not None:
+                        out.write(json.dumps(rec) + "\n")
+                        out.flush()
+                    elif args.images:
+                        print(json.dumps(rec), flush=True)
         finally:
-            client.close()
             refused = transport.stats.get("publishes_refused", 0)
             if refused:
                 print(
@@ -280,21 +276,17 @@ def cmd_device(args: argparse.Namespace) -> int:
                     "not publish there (the device id must match the access file's username)",
                     file=sys.stderr,
                 )
-    if not args.images and not args.records:
+    if not args.images and not feed.records:
         print(json.dumps({**summarize(records), "mqtt": transport.stats}, indent=2))
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ddnn.runtime.report import report_markdown
-    from ddnn.runtime.runner import CONFIGURATIONS, run_deployment
+    from ddnn.runtime.runner import run_deployment
 
-    modes = CONFIGURATIONS if args.mode == "both" else (args.mode,)
     out = args.out or str(Path(args.run_dir) / "deployment")
-    report = run_deployment(
-        args.run_dir, out, args.devices, args.samples, args.rate, modes, args.workers,
-        args.broker, args.engine, args.deadline_ms, args.secure,
-    )  # fmt: skip
+    report = run_deployment(args.run_dir, out, from_args(DeploymentConfig, args))
     if args.json:
         print(json.dumps(report))
     else:
@@ -331,68 +323,33 @@ def register(sub: Any) -> None:
     p = sub.add_parser("serve", help="the server tier: answer offloaded requests")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="one or more model folders")
     _add_broker_option(p)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--max-batch", type=int, default=32)
-    p.add_argument(
-        "--max-wait-ms", type=float, default=0.0,
-        help="how long a worker waits for more requests to batch (0: batch what is queued)",
-    )  # fmt: skip
-    p.add_argument("--queue-limit", type=int, default=1024, help="beyond it requests are shed")
-    p.add_argument(
-        "--no-inline", action="store_true",
-        help="always hand requests to the workers (default: a request that finds the server "
-        "idle is answered on the network thread, saving two thread hand-offs)",
-    )  # fmt: skip
-    p.add_argument("--http-port", type=int, default=0, help="metrics/health port (0: free)")
+    add_flags(p, ServerConfig)
     p.add_argument("--ready-file", help=argparse.SUPPRESS)
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("edge", help="the edge tier: fuse devices, local and edge exits")
     p.add_argument("run_dir")
     _add_broker_option(p)
-    p.add_argument("--devices", help="comma-separated device ids (default dev0..devN-1)")
-    p.add_argument(
-        "--id", help="the edge's identity, its reply topic (default: the access file's, or edge)"
-    )
-    p.add_argument("--frame-deadline-ms", type=float, default=200.0)
-    p.add_argument("--upstream-deadline-ms", type=float, default=2000.0)
+    add_flags(p, EdgeConfig)
     p.add_argument("--ready-file", help=argparse.SUPPRESS)
     p.set_defaults(handler=cmd_edge)
 
     p = sub.add_parser("device", help="an end device: local exit, offload when unsure")
     p.add_argument("run_dir")
-    p.add_argument("--id", help="device id: topics, replies (default: the access file's, or dev0)")
-    p.add_argument("--index", type=int, default=0, help="which device section / view")
+    add_flags(p, DeviceConfig, "device_id", "index")
     _add_broker_option(p)
-    p.add_argument("--engine", default="torch", help="torch, onnx or c")
-    p.add_argument("--mode", default="device+server", choices=("device+server", "server-only"))
-    p.add_argument("--deadline-ms", type=float, default=2000.0)
+    add_flags(p, DeviceConfig, "engine", "mode", "deadline_ms")
     p.add_argument("--images", nargs="*", help="image files instead of the test split")
     p.add_argument("--dataset")
     p.add_argument("--data-dir")
-    p.add_argument("--samples", type=int, default=100, help="first K test samples")
-    p.add_argument("--offset", type=int, default=0)
-    p.add_argument("--stride", type=int, default=1)
-    p.add_argument("--rate", type=float, default=0.0, help="samples per second (0: back to back)")
-    p.add_argument("--records", help="write one JSON line per sample here")
+    add_flags(p, StreamConfig)
     p.add_argument("--ready-file", help=argparse.SUPPRESS)
     p.add_argument("--start-file", help=argparse.SUPPRESS)
     p.set_defaults(handler=cmd_device)
 
     p = sub.add_parser("run", help="broker + server + edge + N devices on this machine, report")
     p.add_argument("run_dir")
-    p.add_argument("--devices", type=int, help="default: the model's device count")
-    p.add_argument("--samples", type=int, default=200)
-    p.add_argument("--rate", type=float, default=0.0, help="samples per second per device")
-    p.add_argument("--mode", default="both", choices=("device+server", "server-only", "both"))
-    p.add_argument("--workers", type=int, default=2)
-    _add_broker_option(p, auth=False)
-    p.add_argument("--engine", default="torch")
-    p.add_argument("--deadline-ms", type=float, default=2000.0)
-    p.add_argument(
-        "--secure", action="store_true",
-        help="its own broker with passwords, ACL and TLS; each process its own identity",
-    )  # fmt: skip
+    add_flags(p, DeploymentConfig)
     p.add_argument("--out", help="report folder (default RUN_DIR/deployment)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_run)

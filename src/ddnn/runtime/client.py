@@ -9,8 +9,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from itertools import count
+from typing import Self
 
 from ddnn.errors import DdnnError
+from ddnn.runtime.lifecycle import Service
 from ddnn.runtime.transport import Transport, publish_packet_size
 from ddnn.runtime.wire import ErrorFrame, Reply, Request, decode_frame, encode_frame, reply_topic
 
@@ -33,8 +35,9 @@ class Sent:
     packet_bytes: int  # the MQTT PUBLISH packet carrying it (fixed header, topic, properties)
 
 
-class Requester:
-    """Publishes requests and matches replies by request id on `reply_topic(identity)`."""
+class Requester(Service):
+    """Publishes requests and matches replies by request id on `reply_topic(identity)`, to
+    which `start()` subscribes."""
 
     def __init__(self, transport: Transport, identity: str) -> None:
         self.transport = transport
@@ -43,7 +46,13 @@ class Requester:
         self._pending: dict[int, Pending] = {}
         self._lock = threading.Lock()
         self.dropped_replies = 0  # late (past the deadline) or duplicate replies, never used
-        transport.subscribe(reply_topic(identity), self._on_reply)
+        self._subscribed = False
+
+    def start(self) -> Self:
+        if not self._subscribed:
+            self.transport.subscribe(reply_topic(self.identity), self._on_reply)
+            self._subscribed = True
+        return self
 
     def next_id(self) -> int:
         return next(self._ids)
@@ -96,4 +105,6 @@ class Requester:
             log.debug("%s: late or duplicate reply to %d dropped", self.identity, frame.request_id)
 
     def close(self) -> None:
-        self.transport.unsubscribe(reply_topic(self.identity))
+        if self._subscribed:
+            self._subscribed = False
+            self.transport.unsubscribe(reply_topic(self.identity))

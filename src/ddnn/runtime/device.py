@@ -8,7 +8,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -16,7 +16,9 @@ from ddnn.errors import DdnnError
 from ddnn.export.engines import DeviceEngine, create_engine
 from ddnn.model.outputs import OTHER
 from ddnn.runtime.client import Requester
+from ddnn.runtime.config import DeviceConfig
 from ddnn.runtime.executor import Answer, decide
+from ddnn.runtime.lifecycle import Service
 from ddnn.runtime.transport import Transport
 from ddnn.runtime.wire import (
     Encoding,
@@ -34,7 +36,6 @@ from ddnn.store.artifact import open_model
 log = logging.getLogger(__name__)
 
 EDGE_PREFIX = "dd/e"  # requests for the edge (local aggregator) travel under their own prefix
-MODES = ("device+server", "server-only")
 
 
 @dataclass
@@ -62,43 +63,53 @@ class Record:
         return asdict(self)
 
 
-class DeviceClient:
+class DeviceClient(Service):
     """An end device. `infer(view)` answers one sample; use it from applications, or let
-    `ddnn device` stream a dataset through it."""
+    `ddnn device` stream a dataset through it. Its engine loads at construction; `start()` (or
+    `with`) subscribes to its replies, `close()` drops them and the engine."""
 
     def __init__(
         self,
         transport: Transport,
         run_dir: str | Path,
-        device_id: str,
-        device_index: int = 0,
-        mode: str = "device+server",
-        deadline_ms: float = 2000.0,
-        engine: str | DeviceEngine = "torch",
+        config: DeviceConfig | None = None,
+        *,
+        engine: DeviceEngine | None = None,
     ) -> None:
-        if mode not in MODES:
-            raise DdnnError(f"mode {mode!r}; valid: {', '.join(MODES)}")
+        """`engine`: an engine already loaded for this device's section (default: the one
+        `config.engine` names)."""
+        self.config = config = config or DeviceConfig()
         stored = open_model(run_dir)
         self.model_name, self.version = stored.name, stored.version
-        self.mode = mode
-        self.device_id = device_id
-        self.deadline_s = deadline_ms / 1000.0
         spec = stored.spec
-        if not 0 <= device_index < spec.devices:
-            raise DdnnError(f"device index {device_index} out of range: model has {spec.devices}")
+        if not 0 <= config.index < spec.devices:
+            raise DdnnError(f"device index {config.index} out of range: model has {spec.devices}")
         self.multi = spec.devices > 1
         self.view_shape = spec.view_shape
         # server-only mode, or a model without a device section, runs nothing on the device
         self.engine: DeviceEngine | None = None
-        if spec.device_section is not None and mode == "device+server":
-            self.engine = (
-                engine
-                if isinstance(engine, DeviceEngine)
-                else create_engine(engine, run_dir, device_index)
-            )
-        self.requester = Requester(transport, device_id)
+        if spec.device_section is not None and config.mode == "device+server":
+            self.engine = engine or create_engine(config.engine, run_dir, config.index)
+        self.requester = Requester(transport, config.device_id)
+        self._closed = False
+
+    @property
+    def device_id(self) -> str:
+        return self.config.device_id
+
+    @property
+    def deadline_s(self) -> float:
+        return self.config.deadline_ms / 1000.0
+
+    def start(self) -> Self:
+        self.requester.start()
+        return self
 
     def close(self) -> None:
+        """Idempotent: the requester and the engine close once."""
+        if self._closed:
+            return
+        self._closed = True
         self.requester.close()
         if self.engine is not None:
             self.engine.close()

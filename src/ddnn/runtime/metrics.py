@@ -8,6 +8,9 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Self
+
+from ddnn.runtime.lifecycle import Service
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +96,25 @@ def parse_samples(text: str) -> dict[str, float]:
     return samples
 
 
-class MetricsServer:
-    """Serves /metrics and /healthz on a loopback port (0 picks a free one)."""
+class MetricsServer(Service):
+    """Serves /metrics and /healthz on a loopback port (0 picks a free one); `port` is the
+    bound port once started."""
 
     def __init__(
         self, metrics: Metrics, healthy: Callable[[], bool], host: str = "127.0.0.1", port: int = 0
     ) -> None:
-        outer = self
+        self.metrics = metrics
+        self.healthy = healthy
+        self.host = host
+        self.port = port
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Self:
+        """Bind the port and serve on a thread."""
+        if self._server is not None:
+            return self
+        metrics, outer = self.metrics, self
 
         class _Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
@@ -123,16 +138,20 @@ class MetricsServer:
             def log_message(self, fmt: str, *args: object) -> None:
                 log.debug("http: " + fmt, *args)
 
-        self.healthy = healthy
-        self._server = ThreadingHTTPServer((host, port), _Handler)
+        self._server = ThreadingHTTPServer((self.host, self.port), _Handler)
         self._server.daemon_threads = True
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="metrics-http", daemon=True
         )
         self._thread.start()
+        return self
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        server, thread = self._server, self._thread
+        if server is None or thread is None:
+            return
+        self._server = self._thread = None
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

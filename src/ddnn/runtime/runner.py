@@ -13,14 +13,13 @@ from typing import Any
 
 from ddnn.errors import DdnnError
 from ddnn.runtime.broker import MosquittoBroker
+from ddnn.runtime.config import DeploymentConfig, DeviceConfig, ServerConfig, StreamConfig, to_argv
 from ddnn.runtime.processes import Process
 from ddnn.runtime.report import report_markdown, summarize
 from ddnn.runtime.security import provision
 from ddnn.store.artifact import open_model
 
 log = logging.getLogger(__name__)
-
-CONFIGURATIONS = ("device+server", "server-only")
 
 
 def needs_edge(run_dir: str | Path) -> bool:
@@ -29,45 +28,36 @@ def needs_edge(run_dir: str | Path) -> bool:
 
 
 def run_deployment(
-    run_dir: str | Path,
-    out_dir: str | Path,
-    devices: int | None = None,
-    samples: int = 200,
-    rate: float = 0.0,
-    modes: tuple[str, ...] = CONFIGURATIONS,
-    workers: int = 2,
-    broker: str | None = None,
-    engine: str = "torch",
-    deadline_ms: float = 2000.0,
-    secure: bool = False,
+    run_dir: str | Path, out_dir: str | Path, config: DeploymentConfig | None = None
 ) -> dict[str, Any]:
-    """Run every configuration in `modes` on one broker and server; returns the report, also
-    written to out_dir as report.json and report.md with the per-sample records beside it.
-    `secure`: a broker of its own with passwords, ACL and TLS, each process its own identity."""
+    """Run every configuration in `config.modes` on one broker and server; returns the report,
+    also written to out_dir as report.json and report.md with the per-sample records beside it.
+    `config.secure`: a broker of its own with passwords, ACL and TLS, each process its own
+    identity."""
+    config = config or DeploymentConfig()
     stored = open_model(run_dir)
     spec = stored.spec
-    n = devices or spec.devices
+    n = config.devices or spec.devices
     if spec.devices > 1 and n != spec.devices:
         raise DdnnError(
             f"model {spec.name} fuses {spec.devices} devices; run it with --devices {spec.devices}"
         )
     if spec.devices == 1 and spec.sections[1:] and spec.sections[1].tier == "edge" and n != 1:
         raise DdnnError(f"model {spec.name} has an edge for one device; run it with --devices 1")
-    if secure and broker:
-        raise DdnnError("--secure starts its own broker; drop --broker (or secure that broker)")
     out = Path(out_dir)
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     run = str(run_dir)
     report: dict[str, Any] = {
-        "model": spec.name, "version": stored.version, "devices": n, "samples_requested": samples,
-        "rate_per_device": rate, "engine": engine, "workers": workers, "secure": secure,
+        "model": spec.name, "version": stored.version, "devices": n,
+        "samples_requested": config.samples, "rate_per_device": config.rate,
+        "engine": config.engine, "workers": config.workers, "secure": config.secure,
         "configurations": {},
     }  # fmt: skip
     device_ids = [f"dev{k}" for k in range(n)]
     with ExitStack() as stack:
-        setup = provision(out / "secure", device_ids) if secure else None
-        url = broker or stack.enter_context(MosquittoBroker(security=setup)).url
+        setup = provision(out / "secure", device_ids) if config.secure else None
+        url = config.broker or stack.enter_context(MosquittoBroker(security=setup)).url
 
         def connect(identity: str) -> list[str]:
             """How a tier process reaches the broker: its own access file when secure."""
@@ -75,7 +65,7 @@ def run_deployment(
                 return ["--broker", url]
             return ["--auth", str(setup.access_file(identity))]
 
-        serve = ["serve", run, *connect("server"), "--workers", str(workers)]
+        serve = ["serve", run, *connect("server"), *to_argv(ServerConfig(workers=config.workers))]
         tiers = [Process("server", serve, logs, True)]
         stack.callback(tiers[0].stop)
         if needs_edge(run_dir):
@@ -84,11 +74,8 @@ def run_deployment(
             tiers.append(edge)
         for tier in tiers:
             tier.wait_ready()
-        for mode in modes:
-            records = _stream(
-                run, connect, spec.devices, device_ids, samples, rate, mode, engine, deadline_ms,
-                logs,
-            )  # fmt: skip
+        for mode in config.modes:
+            records = _stream(run, connect, spec.devices, device_ids, config, mode, logs)
             (out / f"records-{mode}.jsonl").write_text(
                 "".join(json.dumps(r) + "\n" for r in records)
             )
@@ -100,9 +87,14 @@ def run_deployment(
 
 
 def _stream(
-    run: str, connect: Callable[[str], list[str]], model_devices: int, device_ids: list[str],
-    samples: int, rate: float, mode: str, engine: str, deadline_ms: float, logs: Path,
-) -> list[dict[str, Any]]:  # fmt: skip
+    run: str,
+    connect: Callable[[str], list[str]],
+    model_devices: int,
+    device_ids: list[str],
+    config: DeploymentConfig,
+    mode: str,
+    logs: Path,
+) -> list[dict[str, Any]]:
     """One device process per device; a single-device model's N devices share the samples."""
     procs, n = [], len(device_ids)
     start = logs / f"start-{mode}"
@@ -110,15 +102,25 @@ def _stream(
     for k, device in enumerate(device_ids):
         index, offset, stride = (k, 0, 1) if model_devices > 1 else (0, k, n)
         rec_file = logs / f"records-{mode}-{device}.jsonl"
-        args = [
-            "device", run, "--id", device, "--index", str(index), *connect(device),
-            "--samples", str(samples), "--offset", str(offset), "--stride", str(stride),
-            "--rate", str(rate), "--mode", mode, "--engine", engine,
-            "--deadline-ms", str(deadline_ms), "--records", str(rec_file),
-        ]  # fmt: skip
+        client = DeviceConfig(
+            device_id=device,
+            index=index,
+            engine=config.engine,
+            mode=mode,
+            deadline_ms=config.deadline_ms,
+        )
+        feed = StreamConfig(
+            samples=config.samples,
+            offset=offset,
+            stride=stride,
+            rate=config.rate,
+            records=str(rec_file),
+        )
+        args = ["device", run, *connect(device), *to_argv(client), *to_argv(feed)]
         args += ["--start-file", str(start)]
         procs.append((Process(f"device-{mode}-{device}", args, logs, ready=True), rec_file))
-    budget = 60 + samples * (deadline_ms / 1000 + (1 / rate if rate else 0.05))
+    rate = config.rate
+    budget = 60 + config.samples * (config.deadline_ms / 1000 + (1 / rate if rate else 0.05))
     records: list[dict[str, Any]] = []
     try:
         for proc, _ in procs:  # all loaded and connected, then all go at once

@@ -15,6 +15,7 @@ import time
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 
@@ -27,12 +28,13 @@ from ddnn.runtime.checks import (
     request_limit,
     server_inputs,
 )
+from ddnn.runtime.config import ServerConfig
 from ddnn.runtime.executor import SectionExecutor
+from ddnn.runtime.lifecycle import Service
 from ddnn.runtime.metrics import Metrics
 from ddnn.runtime.replies import answer_bad_message, publish_quietly, reply_error
 from ddnn.runtime.transport import Transport
 from ddnn.runtime.wire import (
-    SERVER_GROUP,
     Request,
     Status,
     encode_answer,
@@ -107,49 +109,67 @@ class _Job:
         self.key = (r.model, r.model_version, r.section, tuple(self.x.shape))
 
 
-class InferenceServer:
+class InferenceServer(Service):
     """Subscribes (as a shared-subscription group) to requests for every section of every model
-    in `db` and answers them with a pool of `workers` threads."""
+    in `db` and answers them with a pool of `config.workers` threads. Built inert: `start()`
+    (or `with`) starts the workers and subscribes, `close()` stops them."""
 
     def __init__(
         self,
         transport: Transport,
         db: ModelDB,
-        workers: int = 2,
-        max_batch: int = 32,
-        max_wait_ms: float = 0.0,
-        queue_limit: int = 1024,
+        config: ServerConfig | None = None,
+        *,
         metrics: Metrics | None = None,
-        inline_when_idle: bool = True,
-        group: str = SERVER_GROUP,
     ) -> None:
         self.transport = transport
-        self.inline_when_idle = inline_when_idle
         self.db = db
-        self.max_batch = max_batch
-        self.max_wait = max_wait_ms / 1000.0
+        self.config = config or ServerConfig()
         self.metrics = metrics or Metrics()
         self.metrics.add_source("mqtt", lambda: transport.stats)
-        self._queue: queue.Queue[_Item] = queue.Queue(maxsize=queue_limit)
+        self._queue: queue.Queue[_Item] = queue.Queue(maxsize=self.config.queue_limit)
         self._stop = threading.Event()
         self._seen: OrderedDict[tuple[str, int], None] = OrderedDict()  # duplicate filter
         self._seen_lock = threading.Lock()
         self._busy = 0  # workers collecting or running a batch; read on the transport thread
         self._busy_lock = threading.Lock()
         self._last_read = 0.0  # when the transport thread last became free for a message
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def max_batch(self) -> int:
+        return self.config.max_batch
+
+    @property
+    def max_wait(self) -> float:
+        """Seconds a worker waits for company."""
+        return self.config.max_wait_ms / 1000.0
+
+    def start(self) -> Self:
+        """Start the workers, then subscribe: a request never arrives before a worker can
+        take it. Starting twice, or after close, does nothing."""
+        if self._threads or self._stop.is_set():
+            return self
         self._threads = [
             threading.Thread(target=self._supervise, name=f"server-worker-{i}", daemon=True)
-            for i in range(workers)
+            for i in range(self.config.workers)
         ]
         for t in self._threads:
             t.start()
-        for name in sorted({name for name, _ in db.models}):  # every section: unserved ones
-            transport.subscribe(model_filter(name, group), self._on_message)  # get UNKNOWN_MODEL
+        for name in sorted({name for name, _ in self.db.models}):  # every section: unserved
+            topic_filter = model_filter(name, self.config.group)  # ones get UNKNOWN_MODEL
+            self.transport.subscribe(topic_filter, self._on_message)
+        return self
 
     def healthy(self) -> bool:
-        return not self._stop.is_set() and all(t.is_alive() for t in self._threads)
+        return (
+            bool(self._threads)
+            and not self._stop.is_set()
+            and all(t.is_alive() for t in self._threads)
+        )
 
     def close(self) -> None:
+        """Stop the workers; closing again does nothing."""
         self._stop.set()
         for t in self._threads:
             t.join(timeout=5)
@@ -177,7 +197,7 @@ class InferenceServer:
         framework's round trip. Under load messages are read back to back (gap below
         `_INLINE_GAP_S`) and go to the workers, which batch them."""
         return (
-            self.inline_when_idle
+            self.config.inline
             and idle_gap > _INLINE_GAP_S
             and self._busy == 0
             and self._queue.empty()

@@ -16,11 +16,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 from ddnn.errors import DdnnError
 from ddnn.model.hierarchy import HierarchicalModel
 from ddnn.runtime.checks import RequestError, check_device_report, read_request
 from ddnn.runtime.client import Requester
+from ddnn.runtime.config import EdgeConfig
 from ddnn.runtime.device import EDGE_PREFIX
 from ddnn.runtime.edge.compute import EdgeCompute, Forward, answer, ask_features
 from ddnn.runtime.edge.frames import (
@@ -37,6 +39,7 @@ from ddnn.runtime.edge.frames import (
     Respond,
 )
 from ddnn.runtime.executor import Answer
+from ddnn.runtime.lifecycle import Service
 from ddnn.runtime.metrics import Metrics
 from ddnn.runtime.replies import answer_bad_message, publish_quietly, reply_error
 from ddnn.runtime.transport import Transport
@@ -78,20 +81,20 @@ class _Upstream:
     edge_done: float  # when the edge's own part ended
 
 
-class EdgeAggregator:
+class EdgeAggregator(Service):
     """The edge of one multi-device or 3-tier model: collects each frame's device reports,
-    fuses, decides, asks for features, runs the edge section, forwards, answers."""
+    fuses, decides, asks for features, runs the edge section, forwards, answers. Built inert:
+    `start()` (or `with`) starts its thread and subscribes, `close()` stops it."""
 
     def __init__(
         self,
         transport: Transport,
         run_dir: str | Path,
-        device_ids: list[str] | None = None,
-        frame_deadline_ms: float = 200.0,
-        upstream_deadline_ms: float = 2000.0,
-        identity: str = "edge",
+        config: EdgeConfig | None = None,
+        *,
         metrics: Metrics | None = None,
     ) -> None:
+        self.config = config = config or EdgeConfig()
         self.model_name, self.version, self.model = _load(run_dir)
         self.spec = self.model.spec
         if self.spec.devices < 2 and self.spec.sections[1].tier != "edge":
@@ -100,34 +103,53 @@ class EdgeAggregator:
                 "the server directly, no edge is needed"
             )
         self.compute = EdgeCompute(self.model)
-        self.device_ids = device_ids or [f"dev{i}" for i in range(self.spec.devices)]
+        self.device_ids = list(config.device_ids or (f"dev{i}" for i in range(self.spec.devices)))
         if len(self.device_ids) != self.spec.devices:
             raise DdnnError(f"{len(self.device_ids)} device ids for {self.spec.devices} devices")
         self.transport = transport
         self.metrics = metrics or Metrics()
-        frame_deadline = frame_deadline_ms / 1000.0
-        self.upstream_deadline = upstream_deadline_ms / 1000.0
+        frame_deadline = config.frame_deadline_ms / 1000.0
         self.table = FrameTable(
             self.device_ids,
             deadline=frame_deadline,
             # a report for an answered frame counts as late within this window, as new after it
             late_window=2 * frame_deadline + self.upstream_deadline + 1.0,
         )
-        self.requester = Requester(transport, identity)
+        self.requester = Requester(transport, config.identity)
         self._inbox: queue.Queue[_Message | _Upstream | None] = queue.Queue()
-        self._upstream = ThreadPoolExecutor(max_workers=16, thread_name_prefix="edge-upstream")
+        self._upstream: ThreadPoolExecutor | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="edge", daemon=True)
+
+    @property
+    def upstream_deadline(self) -> float:
+        """Seconds a forward waits for the server."""
+        return self.config.upstream_deadline_ms / 1000.0
+
+    def start(self) -> Self:
+        """Start the table's thread, the forwards' pool and the subscriptions. Starting twice,
+        or after close, does nothing."""
+        if self._upstream is not None or self._stop.is_set():
+            return self
+        self._upstream = ThreadPoolExecutor(max_workers=16, thread_name_prefix="edge-upstream")
         self._thread.start()
+        self.requester.start()
         for section in (0, 1):
             topic_filter = request_filter(self.model_name, section, prefix=EDGE_PREFIX)
-            transport.subscribe(topic_filter, self._on_message)
+            self.transport.subscribe(topic_filter, self._on_message)
+        return self
 
     def healthy(self) -> bool:
         return self._thread.is_alive()
 
     def close(self) -> None:
+        """Stop the thread and the pool, drop the reply subscription; closing again does
+        nothing."""
+        if self._stop.is_set():
+            return
         self._stop.set()
+        if self._upstream is None:  # never started
+            return
         self._inbox.put(None)
         self._thread.join(timeout=5)
         self._upstream.shutdown(wait=True, cancel_futures=True)
@@ -255,6 +277,7 @@ class EdgeAggregator:
             frame.frame_id, step.section, step.tensors,
         )  # fmt: skip
         edge_done = time.perf_counter()
+        assert self._upstream is not None  # started
         self._upstream.submit(self._await_upstream, frame, request, step.fallback, edge_done)
 
     def _await_upstream(

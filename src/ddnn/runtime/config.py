@@ -1,0 +1,250 @@
+"""Typed, frozen configs of the runtime tiers: the only home of their defaults.
+
+A field that is a command-line flag carries the flag and its help text in its metadata, so
+`add_flags` puts a config's fields on a parser, `from_args` builds the config back from the
+parsed namespace and `to_argv` writes the flags that start a tier process with that config.
+The runner, the benchmarks and the tests build their `ddnn ...` command lines with `to_argv`,
+so a renamed flag or a changed default cannot drift between them. Values are checked where the
+config is built, whoever builds it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from ddnn.errors import DdnnError
+from ddnn.runtime.wire import SERVER_GROUP
+
+MODES = ("device+server", "server-only")  # what a device does with a sample it is unsure of
+DEFAULT_DEADLINE_MS = 2000.0  # a device's wait for its answer; the edge's wait for the server
+
+_FLAG, _HELP, _CHOICES, _UNSET = "flag", "help", "choices", "unset"
+
+C = TypeVar("C")
+
+
+def flag(
+    default: Any,
+    help_text: str | None = None,
+    *,
+    name: str | None = None,
+    choices: tuple[str, ...] | None = None,
+    unset: bool = False,
+) -> Any:
+    """A config field that is also a command-line flag (`--field-name` unless `name` says
+    otherwise). `unset`: the parser leaves it None when not given, so the command can tell
+    "not given" from the default (an identity then comes from the access file)."""
+    meta = {_FLAG: name, _HELP: help_text, _CHOICES: choices, _UNSET: unset}
+    return field(default=default, metadata=meta)
+
+
+def _option(f: dataclasses.Field[Any]) -> str:
+    return f.metadata[_FLAG] or "--" + f.name.replace("_", "-")
+
+
+def _dest(f: dataclasses.Field[Any]) -> str:
+    return _option(f).lstrip("-").replace("-", "_")
+
+
+def _flagged(cls: type, names: tuple[str, ...] = ()) -> list[dataclasses.Field[Any]]:
+    found = [f for f in dataclasses.fields(cls) if _FLAG in f.metadata]
+    return [f for f in found if f.name in names] if names else found
+
+
+def _split(text: str) -> tuple[str, ...] | None:
+    """`cam1,cam2` -> ("cam1", "cam2"); an empty list is not given (None)."""
+    return tuple(part for part in text.split(",") if part) or None
+
+
+def _parser_type(hint: Any) -> Any:
+    """int | None -> int; tuple[str, ...] -> comma-separated."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return _split if typing.get_origin(hint) is tuple else hint
+
+
+def add_flags(parser: argparse.ArgumentParser, cls: type, *names: str) -> None:
+    """Add the flags of config class `cls` (only `names`, in the class's order, when given)."""
+    hints = typing.get_type_hints(cls)
+    for f in _flagged(cls, names):
+        meta = f.metadata
+        if isinstance(f.default, bool):  # a switch: it says the opposite of the default
+            parser.add_argument(_option(f), action="store_true", help=meta[_HELP])
+            continue
+        parser.add_argument(
+            _option(f),
+            type=_parser_type(hints[f.name]),
+            default=None if meta[_UNSET] else f.default,
+            choices=meta[_CHOICES],
+            help=meta[_HELP],
+        )
+
+
+def from_args(cls: type[C], ns: argparse.Namespace, **overrides: Any) -> C:
+    """The config of class `cls` from parsed flags; a flag left None keeps the default."""
+    values: dict[str, Any] = {}
+    for f in _flagged(cls):
+        given = getattr(ns, _dest(f))
+        if isinstance(f.default, bool):
+            values[f.name] = (not f.default) if given else f.default
+        elif given is not None:
+            values[f.name] = given
+    return cls(**{**values, **overrides})
+
+
+def to_argv(config: Any) -> list[str]:
+    """The flags that give a `ddnn` command this config: `["--workers", "2", ...]`."""
+    argv: list[str] = []
+    for f in _flagged(type(config)):
+        value = getattr(config, f.name)
+        if isinstance(f.default, bool):
+            argv += [_option(f)] if value != f.default else []
+        elif value is not None:
+            text = ",".join(value) if isinstance(value, tuple) else str(value)
+            argv += [_option(f), text]
+    return argv
+
+
+def _require(config: Any, name: str, ok: bool, what: str) -> None:
+    """Raise a DdnnError naming the field, its flag and the value when `ok` is false."""
+    if ok:
+        return
+    f = next(f for f in dataclasses.fields(config) if f.name == name)
+    where = f" ({_option(f)})" if _FLAG in f.metadata else ""
+    raise DdnnError(f"{name}{where} must be {what}, got {getattr(config, name)!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    """`ddnn serve`: the worker pool and its batching."""
+
+    workers: int = flag(2, "worker threads that batch and run requests")
+    max_batch: int = flag(32, "most requests run as one batch")
+    max_wait_ms: float = flag(
+        0.0, "how long a worker waits for more requests to batch (0: batch what is queued)"
+    )
+    queue_limit: int = flag(1024, "beyond it requests are shed")
+    inline: bool = flag(
+        True,
+        "always hand requests to the workers (default: a request that finds the server idle "
+        "is answered on the network thread, saving two thread hand-offs)",
+        name="--no-inline",
+    )
+    http_port: int = flag(0, "metrics/health port (0: free)")
+    group: str = SERVER_GROUP  # shared-subscription group; a secure broker's access file names it
+
+    def __post_init__(self) -> None:
+        _require(self, "workers", self.workers >= 1, "at least 1")
+        _require(self, "max_batch", self.max_batch >= 1, "at least 1")
+        _require(self, "max_wait_ms", self.max_wait_ms >= 0, "0 or more")
+        _require(self, "queue_limit", self.queue_limit >= 1, "at least 1")
+        _require(self, "http_port", 0 <= self.http_port <= 65535, "a port in 0..65535")
+        _require(self, "group", bool(self.group), "a non-empty name")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EdgeConfig:
+    """`ddnn edge`: whose reports it fuses and how long it waits for them and the server."""
+
+    device_ids: tuple[str, ...] | None = flag(
+        None, "comma-separated device ids (default dev0..devN-1)", name="--devices"
+    )
+    identity: str = flag(
+        "edge",
+        "the edge's identity, its reply topic (default: the access file's, or edge)",
+        name="--id",
+        unset=True,
+    )
+    frame_deadline_ms: float = flag(200.0, "how long a frame waits for every device's report")
+    upstream_deadline_ms: float = flag(
+        DEFAULT_DEADLINE_MS, "how long a forward waits for the server"
+    )
+
+    def __post_init__(self) -> None:
+        ids = self.device_ids
+        _require(self, "device_ids", ids is None or (bool(ids) and all(ids)), "non-empty ids")
+        _require(self, "identity", bool(self.identity), "a non-empty name")
+        _require(self, "frame_deadline_ms", self.frame_deadline_ms > 0, "positive")
+        _require(self, "upstream_deadline_ms", self.upstream_deadline_ms > 0, "positive")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceConfig:
+    """One end device: who it is, which view it computes, how it offloads."""
+
+    device_id: str = flag(
+        "dev0",
+        "device id: topics, replies (default: the access file's, or dev0)",
+        name="--id",
+        unset=True,
+    )
+    index: int = flag(0, "which device section / view")
+    engine: str = flag("torch", "torch, onnx or c")
+    mode: str = flag(
+        "device+server",
+        "server-only: every sample goes upstream, nothing runs here",
+        choices=MODES,
+    )
+    deadline_ms: float = flag(
+        DEFAULT_DEADLINE_MS, "how long a sample waits upstream before the local answer is used"
+    )
+
+    def __post_init__(self) -> None:
+        _require(self, "device_id", bool(self.device_id), "a non-empty name")
+        _require(self, "index", self.index >= 0, "0 or more")
+        _require(self, "mode", self.mode in MODES, f"one of {', '.join(MODES)}")
+        _require(self, "deadline_ms", self.deadline_ms > 0, "positive")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StreamConfig:
+    """What `ddnn device` streams through its client: which test samples, how fast, where the
+    records go."""
+
+    samples: int = flag(100, "first K test samples")
+    offset: int = flag(0, "start at this sample")
+    stride: int = flag(1, "then take every stride-th")
+    rate: float = flag(0.0, "samples per second (0: back to back)")
+    records: str | None = flag(None, "write one JSON line per sample here")
+
+    def __post_init__(self) -> None:
+        _require(self, "samples", self.samples >= 1, "at least 1")
+        _require(self, "offset", self.offset >= 0, "0 or more")
+        _require(self, "stride", self.stride >= 1, "at least 1")
+        _require(self, "rate", self.rate >= 0, "0 or more")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeploymentConfig:
+    """`ddnn run`: the whole deployment on this machine."""
+
+    devices: int | None = flag(None, "default: the model's device count")
+    samples: int = flag(200, "first K test samples")
+    rate: float = flag(StreamConfig.rate, "samples per second per device")
+    mode: str = flag("both", "which configurations to run", choices=(*MODES, "both"))
+    workers: int = flag(ServerConfig.workers, "server worker threads")
+    broker: str | None = flag(None, "mqtt[s]://host:port of a running broker (default: start one)")
+    engine: str = flag(DeviceConfig.engine, "the devices' engine: torch, onnx or c")
+    deadline_ms: float = flag(DeviceConfig.deadline_ms, "the devices' deadline")
+    secure: bool = flag(
+        False, "its own broker with passwords, ACL and TLS; each process its own identity"
+    )
+
+    def __post_init__(self) -> None:
+        _require(self, "devices", self.devices is None or self.devices >= 1, "at least 1")
+        _require(self, "samples", self.samples >= 1, "at least 1")
+        _require(self, "rate", self.rate >= 0, "0 or more")
+        _require(self, "mode", self.mode in (*MODES, "both"), f"one of {', '.join(MODES)}, both")
+        _require(self, "workers", self.workers >= 1, "at least 1")
+        _require(self, "deadline_ms", self.deadline_ms > 0, "positive")
+        if self.secure and self.broker:
+            raise DdnnError("--secure starts its own broker; drop --broker (or secure that broker)")
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        return MODES if self.mode == "both" else (self.mode,)
