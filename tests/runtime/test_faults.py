@@ -593,7 +593,7 @@ def test_abuse_costs_a_server_nothing_lasting(tiny_ddnn, tmp_path):
     x = encode_tensor(raw_views(1, tiny_ddnn)[0][None], Encoding.UNIT8, name="x")
     wrong = encode_tensor(np.zeros((1, 1, 5, 5), np.float32), name="x")
     with MosquittoBroker(max_packet_size=16 << 20) as broker:
-        server = serve("server", tiny_ddnn, broker.url, tmp_path, "--workers", "1")
+        server = serve("server", tiny_ddnn, broker.url, tmp_path, ServerConfig(workers=1))
         big = MqttTransport.from_url(broker.url, max_packet_size=16 << 20)
         requester = Requester(big, "abuser")
         floods: list[MqttTransport] = []

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from ddnn.runtime.checks import BadInput, check_size, request_limit, server_inputs
+from ddnn.runtime.config import ServerConfig
 from ddnn.runtime.device import EDGE_PREFIX
 from ddnn.runtime.edge import EdgeAggregator
 from ddnn.runtime.metrics import Metrics
@@ -55,7 +56,7 @@ def hub(hub_name: str) -> Iterator[list[Transport]]:
 
 @pytest.fixture
 def server(tiny_ddnn: Path, hub: list[Transport]) -> Iterator[InferenceServer]:
-    running = InferenceServer(hub[0], ModelDB([tiny_ddnn]), workers=1)
+    running = InferenceServer(hub[0], ModelDB([tiny_ddnn]), ServerConfig(workers=1)).start()
     yield running
     running.close()
 
@@ -87,7 +88,7 @@ def test_an_error_goes_to_the_owner_of_the_topic_not_the_device_named_inside(
 
 
 def test_the_edge_answers_the_owner_of_the_topic_too(tiny_multiview, hub, make_inbox):
-    edge = EdgeAggregator(hub[0], tiny_multiview)
+    edge = EdgeAggregator(hub[0], tiny_multiview).start()
     cam0, dev1 = make_inbox(), make_inbox()
     hub[1].subscribe(reply_topic("dev0"), cam0)
     hub[2].subscribe(reply_topic("dev1"), dev1)

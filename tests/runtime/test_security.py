@@ -255,10 +255,10 @@ def test_a_forged_error_cannot_reach_another_device_on_the_secure_broker(
         connect(setup, "dev0") as d0,
         connect(setup, "dev1") as d1,
     ):
-        server = InferenceServer(st, ModelDB([tiny_ddnn]), workers=1)
+        server = InferenceServer(st, ModelDB([tiny_ddnn]), ServerConfig(workers=1)).start()
         own = make_inbox()
         d0.subscribe(reply_topic("dev0"), own)
-        requester = Requester(d1, "dev1")
+        requester = Requester(d1, "dev1").start()
         try:
             request = raw_request(tiny_ddnn, "dev1", 4242)[1]
             d0.publish(request_topic(request.model, 0, "dev0"), encode_frame(request))  # first
