@@ -14,10 +14,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ddnn.errors import DdnnError
+from ddnn.runtime.protocol import (
+    DEVICE_SERVER,
+    EDGE_IDENTITY,
+    MODES,
+    SERVER_GROUP,
+    default_device_id,
+    default_device_ids,
+)
 
 if TYPE_CHECKING:
     from ddnn.runtime.security import BrokerAccess
     from ddnn.runtime.transport import Transport
+
+_ALL_MODES = "both"  # `ddnn run --mode both`: each of MODES in turn
 
 
 def _access(args: argparse.Namespace) -> BrokerAccess | None:
@@ -129,14 +139,14 @@ def cmd_broker(args: argparse.Namespace) -> int:
 def _device_ids(text: str) -> list[str]:
     """`4` -> dev0..dev3; `cam1,cam2` -> those names."""
     if text.isdigit():
-        return [f"dev{i}" for i in range(int(text))]
+        return default_device_ids(int(text))
     return [d for d in text.split(",") if d]
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     _one_thread_per_worker()
     from ddnn.runtime.metrics import MetricsServer
-    from ddnn.runtime.server import SERVER_GROUP, InferenceServer, ModelDB
+    from ddnn.runtime.server import InferenceServer, ModelDB
 
     db = ModelDB(args.run_dirs)
     access = _access(args)
@@ -171,7 +181,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
     with _connect(args, access) as (url, transport):
         edge = EdgeAggregator(
             transport, args.run_dir, ids, args.frame_deadline_ms, args.upstream_deadline_ms,
-            identity=_identity(args, access, "edge"),
+            identity=_identity(args, access, EDGE_IDENTITY),
         )  # fmt: skip
         print(f"edge for {edge.model_name} v{edge.version} on {url}: devices {edge.device_ids}")
         try:
@@ -242,7 +252,7 @@ def cmd_device(args: argparse.Namespace) -> int:
 
     spec = read_spec(args.run_dir)
     access = _access(args)
-    device_id = _identity(args, access, "dev0")
+    device_id = _identity(args, access, default_device_id(0))
     records = []
     with (
         Path(args.records).open("w") if args.records else nullcontext() as out,
@@ -287,9 +297,9 @@ def cmd_device(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ddnn.runtime.report import report_markdown
-    from ddnn.runtime.runner import CONFIGURATIONS, run_deployment
+    from ddnn.runtime.runner import run_deployment
 
-    modes = CONFIGURATIONS if args.mode == "both" else (args.mode,)
+    modes = MODES if args.mode == _ALL_MODES else (args.mode,)
     out = args.out or str(Path(args.run_dir) / "deployment")
     report = run_deployment(
         args.run_dir, out, args.devices, args.samples, args.rate, modes, args.workers,
@@ -365,7 +375,7 @@ def register(sub: Any) -> None:
     p.add_argument("--index", type=int, default=0, help="which device section / view")
     _add_broker_option(p)
     p.add_argument("--engine", default="torch", help="torch, onnx or c")
-    p.add_argument("--mode", default="device+server", choices=("device+server", "server-only"))
+    p.add_argument("--mode", default=DEVICE_SERVER, choices=MODES)
     p.add_argument("--deadline-ms", type=float, default=2000.0)
     p.add_argument("--images", nargs="*", help="image files instead of the test split")
     p.add_argument("--dataset")
@@ -384,7 +394,7 @@ def register(sub: Any) -> None:
     p.add_argument("--devices", type=int, help="default: the model's device count")
     p.add_argument("--samples", type=int, default=200)
     p.add_argument("--rate", type=float, default=0.0, help="samples per second per device")
-    p.add_argument("--mode", default="both", choices=("device+server", "server-only", "both"))
+    p.add_argument("--mode", default=_ALL_MODES, choices=(*MODES, _ALL_MODES))
     p.add_argument("--workers", type=int, default=2)
     _add_broker_option(p, auth=False)
     p.add_argument("--engine", default="torch")

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from itertools import count
 
 from ddnn.errors import DdnnError
+from ddnn.runtime.protocol import reply_topic
 from ddnn.runtime.transport import Transport, publish_packet_size
-from ddnn.runtime.wire import ErrorFrame, Reply, Request, decode_frame, encode_frame, reply_topic
+from ddnn.runtime.wire import ErrorFrame, Reply, Request, decode_frame, encode_frame
 
 log = logging.getLogger(__name__)
 

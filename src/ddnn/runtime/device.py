@@ -17,6 +17,7 @@ from ddnn.evaluate.policy import OTHER
 from ddnn.export.engines import DeviceEngine, create_engine
 from ddnn.runtime.client import Requester
 from ddnn.runtime.executor import Answer, decide
+from ddnn.runtime.protocol import DEVICE_SERVER, EDGE_PREFIX, MODES, TOPIC_PREFIX, request_topic
 from ddnn.runtime.transport import Transport
 from ddnn.runtime.wire import (
     Encoding,
@@ -27,14 +28,10 @@ from ddnn.runtime.wire import (
     Tensor,
     decode_tensor,
     encode_tensor,
-    request_topic,
 )
 from ddnn.store.artifact import read_spec, read_spec_doc
 
 log = logging.getLogger(__name__)
-
-EDGE_PREFIX = "dd/e"  # requests for the edge (local aggregator) travel under their own prefix
-MODES = ("device+server", "server-only")
 
 
 @dataclass
@@ -72,7 +69,7 @@ class DeviceClient:
         run_dir: str | Path,
         device_id: str,
         device_index: int = 0,
-        mode: str = "device+server",
+        mode: str = DEVICE_SERVER,
         deadline_ms: float = 2000.0,
         engine: str | DeviceEngine = "torch",
     ) -> None:
@@ -90,7 +87,7 @@ class DeviceClient:
         self.view_shape = spec.view_shape
         # server-only mode, or a model without a device section, runs nothing on the device
         self.engine: DeviceEngine | None = None
-        if spec.device_section is not None and mode == "device+server":
+        if spec.device_section is not None and mode == DEVICE_SERVER:
             self.engine = (
                 engine
                 if isinstance(engine, DeviceEngine)
@@ -146,7 +143,7 @@ class DeviceClient:
     ) -> Record:  # fmt: skip
         """Send, wait until the deadline; when the edge asks (FEATURES), send `features` for
         the same frame and wait for the answer in what is left of the deadline."""
-        prefix = EDGE_PREFIX if self.multi else "dd"
+        prefix = EDGE_PREFIX if self.multi else TOPIC_PREFIX
         topic = request_topic(self.model_name, section, self.device_id, prefix=prefix)
         frame_bytes = packet_bytes = 0
         answer: Reply | ErrorFrame | None = None

@@ -27,9 +27,17 @@ import torch
 from ddnn.errors import DdnnError
 from ddnn.evaluate.communication import binary_output
 from ddnn.runtime.client import Requester
-from ddnn.runtime.device import EDGE_PREFIX
 from ddnn.runtime.executor import Answer, SectionExecutor, decide
 from ddnn.runtime.metrics import Metrics
+from ddnn.runtime.protocol import (
+    EDGE_IDENTITY,
+    EDGE_PREFIX,
+    default_device_ids,
+    reply_topic,
+    request_filter,
+    request_topic,
+    topic_of,
+)
 from ddnn.runtime.replies import answer_bad_message, publish_quietly, reply_error
 from ddnn.runtime.transport import Transport
 from ddnn.runtime.wire import (
@@ -42,10 +50,6 @@ from ddnn.runtime.wire import (
     decode_tensor,
     encode_frame,
     encode_tensor,
-    reply_topic,
-    request_filter,
-    request_topic,
-    topic_of,
 )
 from ddnn.store.artifact import load_model, read_spec_doc
 
@@ -83,7 +87,7 @@ class EdgeAggregator:
         device_ids: list[str] | None = None,
         frame_deadline_ms: float = 200.0,
         upstream_deadline_ms: float = 2000.0,
-        identity: str = "edge",
+        identity: str = EDGE_IDENTITY,
         metrics: Metrics | None = None,
     ) -> None:
         doc = read_spec_doc(run_dir)
@@ -97,7 +101,7 @@ class EdgeAggregator:
             )
         self.executor = SectionExecutor(self.model)
         self.binary_features = binary_output(self.model.devices[0])  # type: ignore[arg-type]
-        self.device_ids = device_ids or [f"dev{i}" for i in range(self.spec.devices)]
+        self.device_ids = device_ids or default_device_ids(self.spec.devices)
         if len(self.device_ids) != self.spec.devices:
             raise DdnnError(f"{len(self.device_ids)} device ids for {self.spec.devices} devices")
         self.index = {d: i for i, d in enumerate(self.device_ids)}

@@ -7,16 +7,9 @@ import logging
 
 from ddnn.errors import DdnnError
 from ddnn.runtime.metrics import Metrics
+from ddnn.runtime.protocol import TOPIC_PREFIX, parse_request_topic, reply_topic
 from ddnn.runtime.transport import Transport
-from ddnn.runtime.wire import (
-    ErrorFrame,
-    Request,
-    Status,
-    decode_frame,
-    encode_frame,
-    parse_request_topic,
-    reply_topic,
-)
+from ddnn.runtime.wire import ErrorFrame, Request, Status, decode_frame, encode_frame
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +33,7 @@ def reply_error(
 
 def answer_bad_message(
     transport: Transport, metrics: Metrics, topic: str, payload: bytes, code: Status, message: str,
-    prefix: str = "dd",
+    prefix: str = TOPIC_PREFIX,
 ) -> None:  # fmt: skip
     """An error for a message that may not even decode: to its request id when readable, else
     to the device named by the topic, else only to the log."""

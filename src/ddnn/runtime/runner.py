@@ -14,13 +14,12 @@ from typing import Any
 from ddnn.errors import DdnnError
 from ddnn.runtime.broker import MosquittoBroker
 from ddnn.runtime.processes import Process
+from ddnn.runtime.protocol import EDGE_IDENTITY, MODES, SERVER_IDENTITY, default_device_ids
 from ddnn.runtime.report import report_markdown, summarize
 from ddnn.runtime.security import provision
 from ddnn.store.artifact import read_spec, read_spec_doc
 
 log = logging.getLogger(__name__)
-
-CONFIGURATIONS = ("device+server", "server-only")
 
 
 def needs_edge(run_dir: str | Path) -> bool:
@@ -34,7 +33,7 @@ def run_deployment(
     devices: int | None = None,
     samples: int = 200,
     rate: float = 0.0,
-    modes: tuple[str, ...] = CONFIGURATIONS,
+    modes: tuple[str, ...] = MODES,
     workers: int = 2,
     broker: str | None = None,
     engine: str = "torch",
@@ -63,7 +62,7 @@ def run_deployment(
         "rate_per_device": rate, "engine": engine, "workers": workers, "secure": secure,
         "configurations": {},
     }  # fmt: skip
-    device_ids = [f"dev{k}" for k in range(n)]
+    device_ids = default_device_ids(n)
     with ExitStack() as stack:
         setup = provision(out / "secure", device_ids) if secure else None
         url = broker or stack.enter_context(MosquittoBroker(security=setup)).url
@@ -74,11 +73,11 @@ def run_deployment(
                 return ["--broker", url]
             return ["--auth", str(setup.access_file(identity))]
 
-        serve = ["serve", run, *connect("server"), "--workers", str(workers)]
+        serve = ["serve", run, *connect(SERVER_IDENTITY), "--workers", str(workers)]
         tiers = [Process("server", serve, logs, True)]
         stack.callback(tiers[0].stop)
         if needs_edge(run_dir):
-            edge = Process("edge", ["edge", run, *connect("edge")], logs, True)
+            edge = Process("edge", ["edge", run, *connect(EDGE_IDENTITY)], logs, True)
             stack.callback(edge.stop)
             tiers.append(edge)
         for tier in tiers:

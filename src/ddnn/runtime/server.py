@@ -20,19 +20,16 @@ import numpy as np
 from ddnn.errors import DdnnError
 from ddnn.runtime.executor import SectionExecutor
 from ddnn.runtime.metrics import Metrics
+from ddnn.runtime.protocol import SERVER_GROUP, reply_topic, request_filter, topic_of
 from ddnn.runtime.replies import answer_bad_message, publish_quietly, reply_error
 from ddnn.runtime.transport import Transport
 from ddnn.runtime.wire import (
-    SERVER_GROUP,
     FrameError,
     Request,
     Status,
     decode_frame,
     decode_tensor,
     encode_answer,
-    reply_topic,
-    request_filter,
-    topic_of,
 )
 from ddnn.store.artifact import load_model, read_spec_doc
 
