@@ -13,9 +13,9 @@ import pytest
 
 from ddnn.runtime.checks import BadInput, check_size, request_limit, server_inputs
 from ddnn.runtime.config import ServerConfig
-from ddnn.runtime.device import EDGE_PREFIX
 from ddnn.runtime.edge import EdgeAggregator
 from ddnn.runtime.metrics import Metrics
+from ddnn.runtime.protocol import EDGE_PREFIX
 from ddnn.runtime.ratelog import RateLimitedLog
 from ddnn.runtime.server import InferenceServer, ModelDB
 from ddnn.runtime.transport import Transport, create_transport

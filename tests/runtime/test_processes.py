@@ -16,9 +16,10 @@ from ddnn.model.views import device_view
 from ddnn.nn.entropy import normalized_entropy
 from ddnn.runtime.client import Requester
 from ddnn.runtime.config import DeviceConfig, EdgeConfig, ServerConfig
-from ddnn.runtime.device import EDGE_PREFIX, DeviceClient
+from ddnn.runtime.device import DeviceClient
 from ddnn.runtime.edge import EdgeAggregator
 from ddnn.runtime.memory import MemoryTransport
+from ddnn.runtime.protocol import EDGE_PREFIX
 from ddnn.runtime.server import InferenceServer, ModelDB
 from ddnn.runtime.wire import (
     Encoding,

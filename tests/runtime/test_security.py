@@ -15,8 +15,8 @@ from ddnn.errors import DdnnError
 from ddnn.runtime.broker import MosquittoBroker, find_mosquitto, parse_broker_url
 from ddnn.runtime.client import Requester
 from ddnn.runtime.config import DeploymentConfig, DeviceConfig, ServerConfig
-from ddnn.runtime.device import EDGE_PREFIX, DeviceClient
-from ddnn.runtime.security import EDGE_TOPIC_PREFIX, BrokerAccess, acl_text, provision
+from ddnn.runtime.device import DeviceClient
+from ddnn.runtime.security import BrokerAccess, acl_text, provision
 from ddnn.runtime.server import InferenceServer, ModelDB
 from ddnn.runtime.transport import create_transport
 from ddnn.runtime.wire import (
@@ -60,7 +60,6 @@ def raw_request(run, device: str, rid: int) -> tuple[str, Request]:
 
 
 def test_acl_keeps_each_identity_to_its_topics():
-    assert EDGE_TOPIC_PREFIX == EDGE_PREFIX
     text = acl_text(["server"], ["edge"])
     assert "pattern write dd/q/+/+/%u" in text and "pattern read dd/a/%u" in text
     server_part = text.split("user server")[1].split("user edge")[0]

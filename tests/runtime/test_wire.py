@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from ddnn.errors import DdnnError
-from ddnn.runtime.transport import topic_matches
 from ddnn.runtime.wire import (
     MAGIC,
     MAX_MESSAGE_BYTES,
@@ -26,10 +25,6 @@ from ddnn.runtime.wire import (
     encode_answer,
     encode_frame,
     encode_tensor,
-    parse_request_topic,
-    reply_topic,
-    request_filter,
-    request_topic,
 )
 
 RNG = np.random.default_rng(0)
@@ -303,33 +298,6 @@ def test_non_bytes_input_is_a_frame_error() -> None:
 
 def test_frame_error_is_a_ddnn_error() -> None:
     assert issubclass(FrameError, DdnnError)
-
-
-# --- topics ----------------------------------------------------------------------------------
-
-
-def test_topic_scheme() -> None:
-    assert request_topic("ddnn", 1, "dev0") == "dd/q/ddnn/1/dev0"
-    assert reply_topic("dev0") == "dd/a/dev0"
-    assert request_filter("ddnn", 1) == "dd/q/ddnn/1/+"
-    assert request_filter("ddnn", 2, group="workers") == "$share/workers/dd/q/ddnn/2/+"
-    assert request_topic("m", 0, "d", prefix="lab/7") == "lab/7/q/m/0/d"
-    assert topic_matches(request_filter("ddnn", 1), request_topic("ddnn", 1, "dev9"))
-    assert not topic_matches(request_filter("ddnn", 1), request_topic("ddnn", 2, "dev9"))
-
-
-def test_parse_request_topic_inverts_request_topic() -> None:
-    assert parse_request_topic(request_topic("ddnn", 12, "cam-3")) == ("ddnn", 12, "cam-3")
-    with pytest.raises(DdnnError, match="not a request topic"):
-        parse_request_topic("dd/a/dev0")
-
-
-def test_topic_helpers_reject_unsafe_names() -> None:
-    for bad in ("", "a/b", "+", "#", "x" * 65, "-lead"):
-        with pytest.raises(DdnnError, match="invalid"):
-            reply_topic(bad)
-    with pytest.raises(DdnnError, match="prefix"):
-        reply_topic("dev0", prefix="$SYS")
 
 
 def test_unit8_carries_8_bit_pixels_exactly() -> None:

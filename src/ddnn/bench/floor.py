@@ -27,16 +27,8 @@ from ddnn.errors import DdnnError
 from ddnn.runtime.broker import parse_broker_url
 from ddnn.runtime.metrics import Metrics, MetricsServer
 from ddnn.runtime.mqtt import set_nodelay
-from ddnn.runtime.wire import (
-    REQUEST_ID_BYTES,
-    SERVER_GROUP,
-    Reply,
-    Status,
-    encode_frame,
-    parse_request_topic,
-    reply_topic,
-    request_filter,
-)
+from ddnn.runtime.protocol import SERVER_GROUP, parse_request_topic, reply_topic, request_filter
+from ddnn.runtime.wire import REQUEST_ID_BYTES, Reply, Status, encode_frame
 
 log = logging.getLogger(__name__)
 

@@ -37,9 +37,9 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
         "fuzzing needs hypothesis, a development dependency: pip install -e .[dev]"
     ) from exc
 
+from ddnn.runtime.protocol import parse_request_topic, replies_root, request_topic, requests_root
 from ddnn.runtime.wire import (
     MAGIC,
-    TOPIC_PREFIX,
     VERSION,
     Encoding,
     ErrorFrame,
@@ -53,8 +53,6 @@ from ddnn.runtime.wire import (
     decode_tensor,
     encode_frame,
     encode_tensor,
-    parse_request_topic,
-    request_topic,
 )
 
 log = logging.getLogger(__name__)
@@ -406,7 +404,7 @@ def _build(case: LiveCase, i: int, rid: int, m: _Served) -> tuple[str, bytes]:
         req = Request(rid, m.name, version, device, i, 1, case.tensors)
         return topic, encode_frame(req)
     # "topic": a request topic whose device level is anything MQTT allows
-    weird = f"dd/q/{m.name}/1/{case.topic_level}"
+    weird = f"{requests_root()}/{m.name}/1/{case.topic_level}"
     return weird, encode_frame(valid) if case.valid_payload else case.garbage
 
 
@@ -528,7 +526,7 @@ def live_fuzz(
         bar = stack.enter_context(
             tqdm(total=len(cases), desc="live server", unit="msg", disable=not progress)
         )
-        sender_t.subscribe(f"{TOPIC_PREFIX}/a/+", collector)  # every device's answers
+        sender_t.subscribe(f"{replies_root()}/+", collector)  # every device's answers
         seen: set[tuple[str, int]] = set()
         for lo in range(0, len(cases), chunk):
             pending: dict[str, list[_Expect]] = {}

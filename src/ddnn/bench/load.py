@@ -99,8 +99,9 @@ def run_generator(cfg: GeneratorConfig, ready: IO[str], go: IO[str]) -> dict[str
         return run_closed_loop(cfg, ready, go)
     from ddnn.bench.offload import offload_features, offload_request
     from ddnn.runtime.client import Requester
+    from ddnn.runtime.protocol import request_topic
     from ddnn.runtime.transport import create_transport
-    from ddnn.runtime.wire import ErrorFrame, Reply, Status, request_topic
+    from ddnn.runtime.wire import ErrorFrame, Reply, Status
 
     names = [f"load{k}" for k in cfg.device_ids]
     transports, requesters = [], []
@@ -176,8 +177,9 @@ def run_closed_loop(cfg: GeneratorConfig, ready: IO[str], go: IO[str]) -> dict[s
     Each reply sends the device's next request from the transport's network thread, so the
     generator needs no thread per request and stays cheap next to the server it loads."""
     from ddnn.bench.offload import offload_features, offload_request
+    from ddnn.runtime.protocol import reply_topic, request_topic
     from ddnn.runtime.transport import create_transport
-    from ddnn.runtime.wire import Reply, decode_frame, encode_frame, reply_topic, request_topic
+    from ddnn.runtime.wire import Reply, decode_frame, encode_frame
 
     lock = threading.Lock()
     sent: dict[tuple[int, int], float] = {}  # (device, request id) -> perf_counter at send

@@ -36,8 +36,9 @@ from ddnn.runtime.config import ServerConfig, to_argv
 from ddnn.runtime.executor import SectionExecutor
 from ddnn.runtime.mqtt import MqttTransport, set_nodelay
 from ddnn.runtime.processes import Process
+from ddnn.runtime.protocol import request_topic
 from ddnn.runtime.server import InferenceServer, ModelDB
-from ddnn.runtime.wire import Reply, Request, request_topic
+from ddnn.runtime.wire import Reply, Request
 
 
 def _paho_client(url_port: int) -> paho.Client:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ddnn.errors import DdnnError
+from ddnn.names import IDENTIFIER, IDENTIFIER_RULE
 from ddnn.runtime.config import (
     DeploymentConfig,
     DeviceConfig,
@@ -24,6 +25,7 @@ from ddnn.runtime.config import (
     add_flags,
     from_args,
 )
+from ddnn.runtime.protocol import EDGE_IDENTITY, SERVER_IDENTITY, default_device_ids
 
 if TYPE_CHECKING:
     from ddnn.runtime.security import BrokerAccess
@@ -62,6 +64,8 @@ def _identity(args: argparse.Namespace, access: BrokerAccess | None, default: st
     """`--id`, else the access file's username, else `default`; on a secure broker the two
     must agree, or every publish would be refused by the ACL."""
     user = access.username if access is not None else None
+    if args.id is not None and not IDENTIFIER.fullmatch(args.id):
+        raise DdnnError(f"--id {args.id!r} is invalid: {IDENTIFIER_RULE}")
     if args.id and user and args.id != user:
         raise DdnnError(
             f"--id {args.id} differs from the access file's identity {user!r}; the broker only "
@@ -138,7 +142,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
 def _device_ids(text: str) -> list[str]:
     """`4` -> dev0..dev3; `cam1,cam2` -> those names."""
     if text.isdigit():
-        return [f"dev{i}" for i in range(int(text))]
+        return default_device_ids(int(text))
     return [d for d in text.split(",") if d]
 
 
@@ -311,8 +315,8 @@ def register(sub: Any) -> None:
         "DIR/access/<identity>.json",
     )  # fmt: skip
     p.add_argument("--devices", default="4", help="with --secure: a count, or comma-separated ids")
-    p.add_argument("--servers", default="server", help="with --secure: server identities")
-    p.add_argument("--edges", default="edge", help="with --secure: edge identities")
+    p.add_argument("--servers", default=SERVER_IDENTITY, help="with --secure: server identities")
+    p.add_argument("--edges", default=EDGE_IDENTITY, help="with --secure: edge identities")
     p.add_argument("--no-tls", action="store_true", help="with --secure: passwords and ACL only")
     p.add_argument("--cert", help="with --secure: your broker certificate (PEM) instead of ours")
     p.add_argument("--key", help="with --secure: its private key")

@@ -13,8 +13,9 @@ from typing import Self
 
 from ddnn.errors import DdnnError
 from ddnn.runtime.lifecycle import Service
+from ddnn.runtime.protocol import reply_topic
 from ddnn.runtime.transport import Transport, publish_packet_size
-from ddnn.runtime.wire import ErrorFrame, Reply, Request, decode_frame, encode_frame, reply_topic
+from ddnn.runtime.wire import ErrorFrame, Reply, Request, decode_frame, encode_frame
 
 log = logging.getLogger(__name__)
 

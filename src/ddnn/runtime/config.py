@@ -18,9 +18,15 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ddnn.errors import DdnnError
-from ddnn.runtime.wire import SERVER_GROUP
+from ddnn.names import IDENTIFIER, IDENTIFIER_RULE
+from ddnn.runtime.protocol import (
+    DEVICE_SERVER,
+    EDGE_IDENTITY,
+    MODES,
+    SERVER_GROUP,
+    default_device_id,
+)
 
-MODES = ("device+server", "server-only")  # what a device does with a sample it is unsure of
 DEFAULT_DEADLINE_MS = 2000.0  # a device's wait for its answer; the edge's wait for the server
 
 _FLAG, _HELP, _CHOICES, _UNSET = "flag", "help", "choices", "unset"
@@ -110,6 +116,15 @@ def to_argv(config: Any) -> list[str]:
     return argv
 
 
+_ID = f"an identifier ({IDENTIFIER_RULE})"
+_IDS = f"identifiers ({IDENTIFIER_RULE})"
+
+
+def _is_id(value: object) -> bool:
+    """Ids name MQTT topic levels: an id with '#', '+' or '/' would widen or break them."""
+    return isinstance(value, str) and IDENTIFIER.fullmatch(value) is not None
+
+
 def _require(config: Any, name: str, ok: bool, what: str) -> None:
     """Raise a DdnnError naming the field, its flag and the value when `ok` is false."""
     if ok:
@@ -155,7 +170,7 @@ class EdgeConfig:
         None, "comma-separated device ids (default dev0..devN-1)", name="--devices"
     )
     identity: str = flag(
-        "edge",
+        EDGE_IDENTITY,
         "the edge's identity, its reply topic (default: the access file's, or edge)",
         name="--id",
         unset=True,
@@ -167,8 +182,8 @@ class EdgeConfig:
 
     def __post_init__(self) -> None:
         ids = self.device_ids
-        _require(self, "device_ids", ids is None or (bool(ids) and all(ids)), "non-empty ids")
-        _require(self, "identity", bool(self.identity), "a non-empty name")
+        _require(self, "device_ids", ids is None or (bool(ids) and all(map(_is_id, ids))), _IDS)
+        _require(self, "identity", _is_id(self.identity), _ID)
         _require(self, "frame_deadline_ms", self.frame_deadline_ms > 0, "positive")
         _require(self, "upstream_deadline_ms", self.upstream_deadline_ms > 0, "positive")
 
@@ -178,7 +193,7 @@ class DeviceConfig:
     """One end device: who it is, which view it computes, how it offloads."""
 
     device_id: str = flag(
-        "dev0",
+        default_device_id(0),
         "device id: topics, replies (default: the access file's, or dev0)",
         name="--id",
         unset=True,
@@ -186,7 +201,7 @@ class DeviceConfig:
     index: int = flag(0, "which device section / view")
     engine: str = flag("torch", "torch, onnx or c")
     mode: str = flag(
-        "device+server",
+        DEVICE_SERVER,
         "server-only: every sample goes upstream, nothing runs here",
         choices=MODES,
     )
@@ -195,7 +210,7 @@ class DeviceConfig:
     )
 
     def __post_init__(self) -> None:
-        _require(self, "device_id", bool(self.device_id), "a non-empty name")
+        _require(self, "device_id", _is_id(self.device_id), _ID)
         _require(self, "index", self.index >= 0, "0 or more")
         _require(self, "mode", self.mode in MODES, f"one of {', '.join(MODES)}")
         _require(self, "deadline_ms", self.deadline_ms > 0, "positive")

@@ -19,6 +19,7 @@ from ddnn.runtime.client import Requester
 from ddnn.runtime.config import DeviceConfig
 from ddnn.runtime.executor import Answer, decide
 from ddnn.runtime.lifecycle import Service
+from ddnn.runtime.protocol import DEVICE_SERVER, EDGE_PREFIX, TOPIC_PREFIX, request_topic
 from ddnn.runtime.transport import Transport
 from ddnn.runtime.wire import (
     Encoding,
@@ -29,13 +30,10 @@ from ddnn.runtime.wire import (
     Tensor,
     decode_tensor,
     encode_tensor,
-    request_topic,
 )
 from ddnn.store.artifact import open_model
 
 log = logging.getLogger(__name__)
-
-EDGE_PREFIX = "dd/e"  # requests for the edge (local aggregator) travel under their own prefix
 
 
 @dataclass
@@ -88,7 +86,7 @@ class DeviceClient(Service):
         self.view_shape = spec.view_shape
         # server-only mode, or a model without a device section, runs nothing on the device
         self.engine: DeviceEngine | None = None
-        if spec.device_section is not None and config.mode == "device+server":
+        if spec.device_section is not None and config.mode == DEVICE_SERVER:
             self.engine = engine or create_engine(config.engine, run_dir, config.index)
         self.requester = Requester(transport, config.device_id)
         self._closed = False
@@ -157,7 +155,7 @@ class DeviceClient(Service):
     ) -> Record:  # fmt: skip
         """Send, wait until the deadline; when the edge asks (FEATURES), send `features` for
         the same frame and wait for the answer in what is left of the deadline."""
-        prefix = EDGE_PREFIX if self.multi else "dd"
+        prefix = EDGE_PREFIX if self.multi else TOPIC_PREFIX
         topic = request_topic(self.model_name, section, self.device_id, prefix=prefix)
         frame_bytes = packet_bytes = 0
         answer: Reply | ErrorFrame | None = None

@@ -13,19 +13,17 @@ import logging
 
 from ddnn.errors import DdnnError
 from ddnn.runtime.metrics import Metrics
+from ddnn.runtime.protocol import TOPIC_PREFIX, parse_request_topic, reply_topic
 from ddnn.runtime.ratelog import RateLimitedLog
 from ddnn.runtime.transport import Transport
 from ddnn.runtime.wire import (
     MAGIC,
     REQUEST_ID_BYTES,
-    TOPIC_PREFIX,
     ErrorFrame,
     Kind,
     Request,
     Status,
     encode_frame,
-    parse_request_topic,
-    reply_topic,
 )
 
 log = logging.getLogger(__name__)

@@ -15,6 +15,7 @@ from ddnn.errors import DdnnError
 from ddnn.runtime.broker import MosquittoBroker
 from ddnn.runtime.config import DeploymentConfig, DeviceConfig, ServerConfig, StreamConfig, to_argv
 from ddnn.runtime.processes import Process
+from ddnn.runtime.protocol import EDGE_IDENTITY, SERVER_IDENTITY, default_device_ids
 from ddnn.runtime.report import report_markdown, summarize
 from ddnn.runtime.security import provision
 from ddnn.store.artifact import open_model
@@ -54,7 +55,7 @@ def run_deployment(
         "engine": config.engine, "workers": config.workers, "secure": config.secure,
         "configurations": {},
     }  # fmt: skip
-    device_ids = [f"dev{k}" for k in range(n)]
+    device_ids = default_device_ids(n)
     with ExitStack() as stack:
         setup = provision(out / "secure", device_ids) if config.secure else None
         url = config.broker or stack.enter_context(MosquittoBroker(security=setup)).url
@@ -65,11 +66,12 @@ def run_deployment(
                 return ["--broker", url]
             return ["--auth", str(setup.access_file(identity))]
 
-        serve = ["serve", run, *connect("server"), *to_argv(ServerConfig(workers=config.workers))]
+        server_config = ServerConfig(workers=config.workers)
+        serve = ["serve", run, *connect(SERVER_IDENTITY), *to_argv(server_config)]
         tiers = [Process("server", serve, logs, True)]
         stack.callback(tiers[0].stop)
         if needs_edge(run_dir):
-            edge = Process("edge", ["edge", run, *connect("edge")], logs, True)
+            edge = Process("edge", ["edge", run, *connect(EDGE_IDENTITY)], logs, True)
             stack.callback(edge.stop)
             tiers.append(edge)
         for tier in tiers:

@@ -32,14 +32,13 @@ from ddnn.runtime.config import ServerConfig
 from ddnn.runtime.executor import SectionExecutor
 from ddnn.runtime.lifecycle import Service
 from ddnn.runtime.metrics import Metrics
+from ddnn.runtime.protocol import model_filter, reply_topic
 from ddnn.runtime.replies import answer_bad_message, publish_quietly, reply_error
 from ddnn.runtime.transport import Transport
 from ddnn.runtime.wire import (
     Request,
     Status,
     encode_answer,
-    reply_topic,
-    request_filter,
 )
 from ddnn.store.artifact import open_model
 
@@ -82,11 +81,6 @@ class ModelDB:
         return request_limit(
             [e.input_shape(s) for e in self.models.values() for s in range(len(e.spec.sections))]
         )
-
-
-def model_filter(name: str, group: str) -> str:
-    """The servers' shared filter for requests to every section of model `name`."""
-    return request_filter(name, 0, group=group).removesuffix("/0/+") + "/+/+"
 
 
 @dataclass
@@ -157,7 +151,7 @@ class InferenceServer(Service):
         for t in self._threads:
             t.start()
         for name in sorted({name for name, _ in self.db.models}):  # every section: unserved
-            topic_filter = model_filter(name, self.config.group)  # ones get UNKNOWN_MODEL
+            topic_filter = model_filter(name, group=self.config.group)  # ones get UNKNOWN_MODEL
             self.transport.subscribe(topic_filter, self._on_message)
         return self
 

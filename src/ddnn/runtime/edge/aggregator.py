@@ -23,7 +23,6 @@ from ddnn.model.hierarchy import HierarchicalModel
 from ddnn.runtime.checks import RequestError, check_device_report, read_request
 from ddnn.runtime.client import Requester
 from ddnn.runtime.config import EdgeConfig
-from ddnn.runtime.device import EDGE_PREFIX
 from ddnn.runtime.edge.compute import EdgeCompute, Forward, answer, ask_features
 from ddnn.runtime.edge.frames import (
     Action,
@@ -41,6 +40,13 @@ from ddnn.runtime.edge.frames import (
 from ddnn.runtime.executor import Answer
 from ddnn.runtime.lifecycle import Service
 from ddnn.runtime.metrics import Metrics
+from ddnn.runtime.protocol import (
+    EDGE_PREFIX,
+    default_device_ids,
+    reply_topic,
+    request_filter,
+    request_topic,
+)
 from ddnn.runtime.replies import answer_bad_message, publish_quietly, reply_error
 from ddnn.runtime.transport import Transport
 from ddnn.runtime.wire import (
@@ -49,9 +55,6 @@ from ddnn.runtime.wire import (
     Request,
     Status,
     encode_frame,
-    reply_topic,
-    request_filter,
-    request_topic,
 )
 from ddnn.store.artifact import open_model
 
@@ -103,7 +106,7 @@ class EdgeAggregator(Service):
                 "the server directly, no edge is needed"
             )
         self.compute = EdgeCompute(self.model)
-        self.device_ids = list(config.device_ids or (f"dev{i}" for i in range(self.spec.devices)))
+        self.device_ids = list(config.device_ids or default_device_ids(self.spec.devices))
         if len(self.device_ids) != self.spec.devices:
             raise DdnnError(f"{len(self.device_ids)} device ids for {self.spec.devices} devices")
         self.transport = transport
