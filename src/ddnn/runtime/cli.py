@@ -90,13 +90,18 @@ def _add_broker_option(p: argparse.ArgumentParser, auth: bool = True) -> None:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
+    import shutil
+    from contextlib import ExitStack
+
     from ddnn.runtime.broker import DEFAULT_TLS_PORT, MosquittoBroker
 
     setup = None
+    created = None  # a folder made by this command, removed if the broker does not start
     if args.secure:
         from ddnn.runtime.security import provision
 
         devices = _device_ids(args.devices)
+        created = None if Path(args.secure).exists() else Path(args.secure).resolve()
         setup = provision(
             args.secure, devices, args.servers.split(","), args.edges.split(","),
             tls=not args.no_tls, hostnames=[args.host, *filter(None, [args.public_host])],
@@ -111,9 +116,17 @@ def cmd_broker(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     port = args.port or (DEFAULT_TLS_PORT if setup is not None and setup.tls else None)
-    with MosquittoBroker(
-        port=port, security=setup, host=args.host, public_host=args.public_host
-    ) as broker:
+    with ExitStack() as stack:
+        try:
+            broker = stack.enter_context(
+                MosquittoBroker(
+                    port=port, security=setup, host=args.host, public_host=args.public_host
+                )
+            )
+        except BaseException:
+            if created is not None:
+                shutil.rmtree(created, ignore_errors=True)
+            raise
         print(f"Mosquitto listening at {broker.url} (Ctrl-C stops it)", flush=True)
         if setup is not None:
             print(
