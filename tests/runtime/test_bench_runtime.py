@@ -88,3 +88,33 @@ def test_a_helper_process_that_does_not_say_ready_is_killed_and_named(tmp_path):
     with pytest.raises(DdnnError, match="it said nothing"):
         child.wait_ready(0.5)
     assert child.proc.poll() is not None
+
+
+def test_a_missed_target_is_marked_in_the_text():
+    from ddnn.bench.runtime import verdict
+
+    assert verdict(1.2, "<=", 1.5) == "(target <= 1.5)"
+    assert verdict(2.0, "<=", 1.5) == "MISSED (target <= 1.5)"
+    assert verdict(0.4, ">=", 0.5) == "MISSED (target >= 0.5)"
+
+
+def test_the_capacity_legend_covers_no_tick_label():
+    import matplotlib.pyplot as plt
+
+    from ddnn.bench.runtime import capacity_figure
+
+    sweep = [{"devices": d, "requests_per_s": 400.0 * d, "p95_ms": 2.0 + d} for d in (1, 2, 4, 8)]
+    fig = capacity_figure({"model": "m", "throughput": {"window": 4, "sweep": sweep}})
+    try:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        legend = fig.legends[0].get_window_extent(renderer)
+        labels = [
+            t.get_window_extent(renderer)
+            for ax in fig.axes
+            for t in ax.get_yticklabels()
+            if t.get_text()
+        ]
+        assert labels and not any(legend.overlaps(box) for box in labels)
+    finally:
+        plt.close(fig)

@@ -3,6 +3,7 @@ MQTT, in one process."""
 
 from __future__ import annotations
 
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -149,6 +150,20 @@ def test_dead_server_means_degraded_local_answers(tiny_ddnn, hub, tmp_path):
     assert all(r.status in ("ok", "degraded") for r in records)
     assert any(r.status == "degraded" for r in records)
     assert all(r.predicted >= 0 and r.total_ms < 1000 for r in records)
+
+
+def test_a_device_without_a_server_says_so_once_and_counts_the_misses(tiny_ddnn, hub, caplog):
+    device = DeviceClient(hub(), tiny_ddnn, "dev0", mode="server-only", deadline_ms=50)
+    try:
+        x, _ = samples(3)
+        with caplog.at_level(logging.WARNING, logger="ddnn.runtime.device"):
+            records = [device.infer(x[i].numpy(), i) for i in range(3)]
+    finally:
+        device.close()
+    assert [r.status for r in records] == ["lost"] * 3
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "within 50 ms: is `ddnn serve` running?" in warnings[0]
+    assert device.deadline_misses == 3
 
 
 def test_multiview_through_the_edge_and_a_missing_device(tiny_multiview, hub):

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import stat
+import time
 
 import numpy as np
 import pytest
@@ -270,3 +271,124 @@ def test_a_forged_error_cannot_reach_another_device_on_the_secure_broker(
     assert isinstance(answer, Reply) and answer.status is Status.OK
     assert decode_frame(error) == ErrorFrame(4242, Status.MALFORMED, decode_frame(error).message)
     assert requester.dropped_replies == 0
+
+
+def _expired_certificate(folder, signer=None):
+    """A certificate that expired yesterday, signed by `signer` (key, cert) or by itself;
+    returns (cert file, key file)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    sign_key, issuer = signer if signer else (key, None)
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer.subject if issuer else name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=10))
+        .not_valid_after(now - datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(sign_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    cert_file, key_file = folder / "expired.crt", folder / "expired.key"
+    cert_file.write_bytes(cert.public_bytes(pem))
+    key_file.write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_file, key_file
+
+
+def test_a_relative_folder_works_from_any_working_directory(tmp_path, monkeypatch):
+    """As the README writes it: `ddnn broker --secure secure/`; mosquitto runs in its own temp
+    dir, so every path in its config must be absolute."""
+    try:
+        find_mosquitto()
+    except DdnnError as exc:
+        pytest.skip(str(exc))
+    monkeypatch.chdir(tmp_path)
+    setup = provision("secure", ["cam0"])
+    assert setup.folder.is_absolute()
+    with MosquittoBroker(security=setup) as broker, connect(setup, "cam0") as transport:
+        assert transport.connected and broker.running
+
+
+def test_a_refused_provisioning_leaves_no_half_made_folder(tmp_path):
+    with pytest.raises(DdnnError, match="both a device and a edge"):
+        provision(tmp_path / "new", ["edge", "cam1"])
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(DdnnError, match="does not exist"):
+        provision(tmp_path / "new", ["cam0"], cert_file="x.crt", key_file="x.key", ca_file="c")
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_broker_that_does_not_start_removes_the_folder_it_made(tmp_path):
+    import socket
+
+    from ddnn.cli import build_parser
+    from ddnn.runtime.cli import cmd_broker
+
+    try:
+        find_mosquitto()
+    except DdnnError as exc:
+        pytest.skip(str(exc))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = ["broker", "--secure", str(tmp_path / "s"), "--devices", "cam0"]
+        args = build_parser().parse_args([*argv, "--port", str(port)])
+        with pytest.raises(DdnnError, match="in use"):
+            cmd_broker(args)
+    assert not (tmp_path / "s").exists()
+
+
+def test_an_expired_certificate_is_reissued_if_ours_and_refused_if_given(tmp_path, caplog):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    first = provision(tmp_path / "s", ["cam0"])
+    ca_bytes = first.ca_file.read_bytes()
+    ca_key = serialization.load_pem_private_key(
+        (first.ca_file.parent / "ca.key").read_bytes(), password=None
+    )
+    expired, _ = _expired_certificate(tmp_path, (ca_key, x509.load_pem_x509_certificate(ca_bytes)))
+    first.cert_file.write_bytes(expired.read_bytes())
+    with caplog.at_level(logging.WARNING, logger="ddnn.runtime.security"):
+        again = provision(tmp_path / "s", ["cam0"])
+    assert any("has expired: issuing a new one" in r.getMessage() for r in caplog.records)
+    renewed = x509.load_pem_x509_certificate(again.cert_file.read_bytes())
+    assert renewed.not_valid_after_utc > expired_after(expired)
+    assert again.ca_file.read_bytes() == ca_bytes  # devices keep trusting the broker
+    cert, key = _expired_certificate(tmp_path)
+    with pytest.raises(DdnnError, match=r"^certificate .*expired\.crt has expired"):
+        provision(tmp_path / "mine", ["cam0"], cert_file=cert, key_file=key, ca_file=cert)
+
+
+def expired_after(path):
+    from cryptography import x509
+
+    return x509.load_pem_x509_certificate(path.read_bytes()).not_valid_after_utc
+
+
+def test_a_client_cannot_take_over_another_identitys_client_id(secure_broker):
+    """Mosquitto drops the older connection when a client id is reused; with the username as
+    client id, cam1's credentials cannot knock dev0 off by using dev0's id."""
+    _, setup = secure_broker
+    with connect(setup, "dev0") as victim:
+        dev1 = setup.access("dev1")
+        with create_transport(
+            dev1.url, client_id=victim.client_id, **dev1.transport_kwargs()
+        ) as intruder:
+            assert intruder.connected
+            time.sleep(1.0)  # a take-over would drop dev0 now, and dev0's reconnect dev1
+            assert victim.connected and victim.stats["connection_losses"] == 0
+            assert intruder.stats["connection_losses"] == 0

@@ -240,18 +240,20 @@ class MosquittoBroker:
         sec = self.security
         if sec is None:
             return ["allow_anonymous true"]
+        # mosquitto runs in its temp dir: a relative path would be read from there
         lines = [
             "allow_anonymous false",
-            f"password_file {sec.password_file}",
-            f"acl_file {sec.acl_file}",
+            # the client id becomes the username: no identity can take over another's session
+            # (a CONNECT with a used id drops the older connection), so one live connection
+            # per identity: give each server process its own (`--servers s1,s2`)
+            "use_username_as_clientid true",
+            f"password_file {Path(sec.password_file).resolve()}",
+            f"acl_file {Path(sec.acl_file).resolve()}",
         ]
         if sec.tls:
-            lines += [
-                f"cafile {sec.ca_file}",
-                f"certfile {sec.cert_file}",
-                f"keyfile {sec.key_file}",
-                "tls_version tlsv1.2",
-            ]
+            files = {"cafile": sec.ca_file, "certfile": sec.cert_file, "keyfile": sec.key_file}
+            lines += [f"{key} {Path(str(path)).resolve()}" for key, path in files.items()]
+            lines.append("tls_version tlsv1.2")
         return lines
 
     def refused_connections(self) -> int:

@@ -103,13 +103,18 @@ def _add_broker_option(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
+    import shutil
+    from contextlib import ExitStack
+
     from ddnn.runtime.broker import DEFAULT_TLS_PORT, MosquittoBroker
 
     setup = None
+    created = None  # a folder made by this command, removed if the broker does not start
     if args.secure:
         from ddnn.runtime.security import provision
 
         devices = _device_ids(args.devices)
+        created = None if Path(args.secure).exists() else Path(args.secure).resolve()
         setup = provision(
             args.secure, devices, args.servers.split(","), args.edges.split(","),
             tls=not args.no_tls, hostnames=[args.host, *filter(None, [args.public_host])],
@@ -124,9 +129,17 @@ def cmd_broker(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     port = args.port or (DEFAULT_TLS_PORT if setup is not None and setup.tls else None)
-    with MosquittoBroker(
-        port=port, security=setup, host=args.host, public_host=args.public_host
-    ) as broker:
+    with ExitStack() as stack:
+        try:
+            broker = stack.enter_context(
+                MosquittoBroker(
+                    port=port, security=setup, host=args.host, public_host=args.public_host
+                )
+            )
+        except BaseException:
+            if created is not None:
+                shutil.rmtree(created, ignore_errors=True)
+            raise
         print(f"Mosquitto listening at {broker.url} (Ctrl-C stops it)", flush=True)
         if setup is not None:
             print(
@@ -253,6 +266,7 @@ def cmd_device(args: argparse.Namespace) -> int:
     feed = from_args(StreamConfig, args)
     device_id = config.device_id
     records = []
+    misses = 0
     with (
         Path(feed.records).open("w") if feed.records else nullcontext() as out,
         _connect(args, access) as (_, transport),
@@ -272,6 +286,7 @@ def cmd_device(args: argparse.Namespace) -> int:
                         out.flush()
                     elif args.images:
                         print(json.dumps(rec), flush=True)
+                misses = client.deadline_misses
         finally:
             refused = transport.stats.get("publishes_refused", 0)
             if refused:
@@ -281,7 +296,8 @@ def cmd_device(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
     if not args.images and not feed.records:
-        print(json.dumps({**summarize(records), "mqtt": transport.stats}, indent=2))
+        summary = {**summarize(records), "deadline_misses": misses, "mqtt": transport.stats}
+        print(json.dumps(summary, indent=2))
     return 0
 
 

@@ -66,6 +66,9 @@ class DeviceClient(Service):
     `ddnn device` stream a dataset through it. Its engine loads at construction; `start()` (or
     `with`) subscribes to its replies, `close()` drops them and the engine."""
 
+    deadline_misses = 0  # offloads with no answer by the deadline (counted in _fallback)
+    _silence_reported = False  # warned about an upstream that does not answer
+
     def __init__(
         self,
         transport: Transport,
@@ -184,8 +187,10 @@ class DeviceClient(Service):
         total_ms = (time.perf_counter() - t0) * 1000
         if answer is None:
             return self._fallback(
-                frame_id, t0, device_ms, local, "deadline passed", frame_bytes, packet_bytes
-            )
+                frame_id, t0, device_ms, local, "deadline passed", frame_bytes, packet_bytes,
+                missed=True,
+            )  # fmt: skip
+        self._silence_reported = False  # an answer came: warn again if upstream falls silent
         if isinstance(answer, ErrorFrame):
             return self._fallback(
                 frame_id, t0, device_ms, local, f"{answer.code.name}: {answer.message}",
@@ -209,11 +214,24 @@ class DeviceClient(Service):
 
     def _fallback(
         self, frame_id: int, t0: float, device_ms: float, local: Any, why: str,
-        frame_bytes: int, packet_bytes: int, status_if_none: str = "lost",
+        frame_bytes: int, packet_bytes: int, status_if_none: str = "lost", missed: bool = False,
     ) -> Record:  # fmt: skip
-        """No usable answer from upstream: the local exit's answer, marked degraded."""
+        """No usable answer from upstream: the local exit's answer, marked degraded. A missed
+        deadline is counted, and the first of a run is a warning: a device with no server
+        behind it would otherwise fall back quietly on every frame."""
         total_ms = (time.perf_counter() - t0) * 1000
         log.info("%s frame %d: %s", self.device_id, frame_id, why)
+        if missed:
+            self.deadline_misses += 1
+            if not self._silence_reported:
+                self._silence_reported = True
+                where = getattr(self.requester.transport, "url", "the broker")
+                upstream = "`ddnn edge` and `ddnn serve`" if self.multi else "`ddnn serve`"
+                log.warning(
+                    "no answer from a server on %s within %.0f ms: is %s running? "
+                    "answering locally, marked degraded",
+                    where, self.deadline_s * 1000, upstream,
+                )  # fmt: skip
         if local is None:
             return Record(
                 self.device_id, frame_id, -1, -1, -1, True, status_if_none, device_ms,

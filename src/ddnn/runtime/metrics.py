@@ -1,14 +1,25 @@
-"""A tiny Prometheus text-format registry and an HTTP endpoint (/metrics, /healthz), so a server
-can be scraped without another dependency."""
+"""Counters and histograms a server keeps, exposed and parsed with `prometheus_client`, and an
+HTTP endpoint (/metrics, /healthz) so a server can be scraped.
+
+The hot path stays hand-written: `inc` and `observe_many` run per request and per batch, and
+prometheus_client's labelled counters and histograms cost 4-10 us more per call there (measured
+in docs/runtime.md). prometheus_client renders the exposition (a collector reads our tables at
+each scrape), parses it back for benchmarks and tests, and serves it over HTTP.
+"""
 
 from __future__ import annotations
 
 import bisect
 import logging
 import threading
-from collections.abc import Callable, Iterable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Self
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Self
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, generate_latest, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client.parser import text_string_to_metric_families
 
 from ddnn.runtime.lifecycle import Service
 
@@ -27,6 +38,9 @@ class Metrics:
         self._hists: dict[str, tuple[list[int], list[float]]] = {}  # name -> (counts, [sum, n])
         self._help: dict[str, str] = {}
         self._sources: list[tuple[str, Callable[[], dict[str, int]]]] = []
+        # one registry per object (never the global default): several servers in one process
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
 
     def inc(self, name: str, help_text: str = "", value: float = 1.0, **labels: str) -> None:
         key = (name, tuple(sorted(labels.items())) if labels else ())
@@ -60,40 +74,55 @@ class Metrics:
 
     def render(self) -> str:
         """Prometheus exposition format 0.0.4."""
-        lines: list[str] = []
+        return generate_latest(self.registry).decode()
+
+    def collect(self) -> Iterator[Metric]:
+        """The prometheus_client collector protocol: a snapshot of every counter and histogram.
+        Counter names end in `_total` (prometheus_client adds it to a family name)."""
         for group, read in self._sources:
-            for name, value in sorted(read().items()):
-                full = f"{self.prefix}_{group}_{name}_total"
-                lines += [f"# TYPE {full} counter", f"{full} {value:g}"]
+            for name, count in sorted(read().items()):
+                full = f"{self.prefix}_{group}_{name}"
+                yield CounterMetricFamily(full, f"{group} {name}", value=count)
         with self._lock:
-            for name in sorted({n for n, _ in self._counters}):
+            counters = sorted(self._counters.items())
+            hists = sorted((n, (list(c), list(t))) for n, (c, t) in self._hists.items())
+            help_texts = dict(self._help)
+        families: dict[str, CounterMetricFamily] = {}
+        for (name, labels), value in counters:
+            family = families.get(name)
+            if family is None:
                 full = f"{self.prefix}_{name}"
-                lines += [f"# HELP {full} {self._help.get(name, name)}", f"# TYPE {full} counter"]
-                for (n, labels), value in sorted(self._counters.items()):
-                    if n == name:
-                        text = ",".join(f'{k}="{v}"' for k, v in labels)
-                        lines.append(f"{full}{{{text}}} {value:g}" if text else f"{full} {value:g}")
-            for name, (counts, (total, n)) in sorted(self._hists.items()):
-                full = f"{self.prefix}_{name}"
-                lines += [f"# HELP {full} {self._help.get(name, name)}", f"# TYPE {full} histogram"]
-                running = 0
-                for bound, count in zip((*LATENCY_BUCKETS_MS, "+Inf"), counts, strict=True):
-                    running += count
-                    lines.append(f'{full}_bucket{{le="{bound}"}} {running}')
-                lines += [f"{full}_sum {total:g}", f"{full}_count {n:g}"]
-        return "\n".join(lines) + "\n"
+                family = CounterMetricFamily(
+                    full, help_texts.get(name) or name, labels=[k for k, _ in labels]
+                )
+                families[name] = family
+            family.add_metric([str(v) for _, v in labels], value)
+        yield from families.values()
+        for name, (counts, (total, _)) in hists:
+            running, buckets = 0, []
+            for bound, count in zip((*LATENCY_BUCKETS_MS, "+Inf"), counts, strict=True):
+                running += count
+                buckets.append((str(bound), running))
+            yield HistogramMetricFamily(
+                f"{self.prefix}_{name}", help_texts.get(name) or name,
+                buckets=buckets, sum_value=total,
+            )  # fmt: skip
 
 
 def parse_samples(text: str) -> dict[str, float]:
-    """Samples of a Prometheus text exposition, keyed as written (`name{labels}`); for
-    benchmarks and tests that scrape a server."""
+    """Samples of a Prometheus text exposition, keyed `name{k="v",...}` (labels as written) or
+    `name`; for benchmarks and tests that scrape a server."""
     samples: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        key, value = line.rsplit(" ", 1)
-        samples[key] = float(value)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sample.labels.items())
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
     return samples
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("http: " + format, *args)
 
 
 class MetricsServer(Service):
@@ -107,39 +136,31 @@ class MetricsServer(Service):
         self.healthy = healthy
         self.host = host
         self.port = port
-        self._server: ThreadingHTTPServer | None = None
+        self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
+
+    def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            return self._exposition(environ, start_response)  # type: ignore[no-any-return]
+        if path == "/healthz":
+            ok = self.healthy()
+            status, body = (
+                ("200 OK", b"ok\n") if ok else ("503 Service Unavailable", b"unhealthy\n")
+            )
+        else:
+            status, body = "404 Not Found", b"not found: try /metrics or /healthz\n"
+        start_response(status, [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+        return [body]
 
     def start(self) -> Self:
         """Bind the port and serve on a thread."""
         if self._server is not None:
             return self
-        metrics, outer = self.metrics, self
-
-        class _Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path == "/metrics":
-                    body, code, ctype = metrics.render().encode(), 200, "text/plain; version=0.0.4"
-                elif self.path == "/healthz":
-                    ok = outer.healthy()
-                    body, code, ctype = (
-                        (b"ok\n" if ok else b"unhealthy\n"),
-                        (200 if ok else 503),
-                        "text/plain",
-                    )
-                else:
-                    body, code, ctype = b"not found: try /metrics or /healthz\n", 404, "text/plain"
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, fmt: str, *args: object) -> None:
-                log.debug("http: " + fmt, *args)
-
-        self._server = ThreadingHTTPServer((self.host, self.port), _Handler)
-        self._server.daemon_threads = True
+        self._exposition = make_wsgi_app(self.metrics.registry)
+        self._server = make_server(
+            self.host, self.port, self._app, ThreadingWSGIServer, handler_class=_QuietHandler
+        )
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="metrics-http", daemon=True

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 ROLES = ("device", "edge", "server")
 _CERT_DAYS = 825
+_RENEW_DAYS = 30  # a certificate with fewer days left is renewed (ours) or warned about
 
 
 @dataclass(frozen=True)
@@ -189,16 +190,27 @@ def provision(
 ) -> SecureSetup:
     """Create (or extend) a secure broker folder. Identities already there keep their passwords,
     so re-provisioning with more devices does not lock out the others. With `cert_file`,
-    `key_file` and `ca_file` the user's certificates are used instead of a generated CA."""
-    root = Path(folder)
-    root.mkdir(parents=True, exist_ok=True)
-    os.chmod(root, 0o700)
-    setup = SecureSetup(root, tls=tls)
-    known = _read_identities(setup.identities_file)
-    group_file = root / "share_group"
-    if not group_file.exists():
-        _private_write(group_file, f"ddnn-{secrets.token_hex(16)}\n")
-    setup.share_group = group_file.read_text().strip()
+    `key_file` and `ca_file` the user's certificates are used instead of a generated CA.
+    The folder is made absolute (mosquitto reads it from another working directory), and a
+    folder this call created is removed again if it fails: no half-made setup is left."""
+    root = Path(folder).resolve()
+    wanted = _wanted_roles(devices, servers, edges)
+    created = not root.exists()
+    try:
+        return _provision(
+            root, wanted, tls=tls, hostnames=list(hostnames),
+            cert_file=cert_file, key_file=key_file, ca_file=ca_file,
+        )  # fmt: skip
+    except BaseException:
+        if created:
+            shutil.rmtree(root, ignore_errors=True)
+        raise
+
+
+def _wanted_roles(
+    devices: Iterable[str], servers: Iterable[str], edges: Iterable[str]
+) -> dict[str, str]:
+    """name -> role, checked before anything is written."""
     wanted: dict[str, str] = {}
     for role, names in (("device", devices), ("edge", edges), ("server", servers)):
         for name in names:
@@ -207,8 +219,29 @@ def provision(
                     f"identity {name!r} is both a {wanted[name]} and a {role}: give each "
                     "device, edge and server its own name"
                 )
+            check_identifier("identity", name)
+    return wanted
+
+
+def _provision(
+    root: Path,
+    wanted: dict[str, str],
+    *,
+    tls: bool,
+    hostnames: list[str],
+    cert_file: str | Path | None,
+    key_file: str | Path | None,
+    ca_file: str | Path | None,
+) -> SecureSetup:
+    root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o700)
+    setup = SecureSetup(root, tls=tls)
+    known = _read_identities(setup.identities_file)
+    group_file = root / "share_group"
+    if not group_file.exists():
+        _private_write(group_file, f"ddnn-{secrets.token_hex(16)}\n")
+    setup.share_group = group_file.read_text().strip()
     for name, role in wanted.items():
-        check_identifier("identity", name)
         setup.identities[name] = (role, known.get(name) or secrets.token_urlsafe(24))
     for path in sorted((root / "access").glob("*.json")):  # revoked: no longer wanted
         if path.stem not in wanted:
@@ -220,7 +253,7 @@ def provision(
     _write_password_file(setup)
     setup.acl_file.write_text(acl_text(setup.names("server"), setup.names("edge")))
     if tls:
-        _tls_material(setup, list(hostnames), cert_file, key_file, ca_file)
+        _tls_material(setup, hostnames, cert_file, key_file, ca_file)
     log.info(
         "secure broker folder %s: %d devices, %d edges, %d servers, tls %s",
         root, *(len(setup.names(r)) for r in ROLES), tls,
@@ -291,6 +324,14 @@ def _tls_material(
             Path(key_file).resolve(),  # type: ignore[arg-type]
             Path(ca_file).resolve(),  # type: ignore[arg-type]
         )
+        for path in (setup.cert_file, setup.ca_file):
+            left = _days_left(path)
+            if left <= 0:
+                raise DdnnError(f"certificate {path} has expired: renew it with your CA")
+            if left < _RENEW_DAYS:
+                log.warning(
+                    "certificate %s expires in %.0f days: renew it with your CA", path, left
+                )
         return
     tls_dir = setup.folder / "tls"
     setup.ca_file, setup.cert_file, setup.key_file = (
@@ -298,10 +339,31 @@ def _tls_material(
         tls_dir / "server.crt",
         tls_dir / "server.key",
     )
+    if setup.ca_file.exists() and _days_left(setup.ca_file) <= 0:
+        raise DdnnError(
+            f"the private CA {setup.ca_file} has expired: move {tls_dir} away to issue a new "
+            "one, then copy the new access/ca.crt to every device"
+        )
     names = sorted({"localhost", "127.0.0.1", socket.gethostname(), *hostnames} - {"0.0.0.0"})
-    if setup.cert_file.exists() and _certificate_covers(setup.cert_file, names):
-        return
+    if setup.cert_file.exists():
+        left = _days_left(setup.cert_file)
+        if left >= _RENEW_DAYS and _certificate_covers(setup.cert_file, names):
+            return
+        if left < _RENEW_DAYS:
+            log.warning(
+                "broker certificate %s %s: issuing a new one from the same CA",
+                setup.cert_file, "has expired" if left <= 0 else f"expires in {left:.0f} days",
+            )  # fmt: skip
     generate_tls(tls_dir, names)
+
+
+def _days_left(path: Path) -> float:
+    """Days until the certificate expires; 0 or less once it has."""
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(path.read_bytes())
+    left = cert.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
+    return left.total_seconds() / 86400
 
 
 def generate_tls(folder: Path, hostnames: list[str]) -> None:
@@ -372,13 +434,10 @@ def generate_tls(folder: Path, hostnames: list[str]) -> None:
 
 
 def _certificate_covers(path: Path, names: list[str]) -> bool:
-    """Whether the certificate names all of `names` and stays valid for another 30 days."""
+    """Whether the certificate names all of `names` (expiry is `_days_left`'s)."""
     from cryptography import x509
 
     cert = x509.load_pem_x509_certificate(path.read_bytes())
-    soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=30)
-    if cert.not_valid_after_utc < soon:
-        return False
     try:
         alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
