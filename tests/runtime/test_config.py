@@ -44,6 +44,11 @@ def test_a_config_survives_its_command_line(config):
         (lambda: DeviceConfig(deadline_ms=-1), "--deadline-ms"),
         (lambda: StreamConfig(stride=0), "--stride"),
         (lambda: DeploymentConfig(secure=True, broker="mqtt://h:1"), "drop --broker"),
+        # issue 15: `ddnn edge --devices 'dev0,#'` started, and '#' widened its topic filters
+        (lambda: EdgeConfig(device_ids=("dev0", "#")), "--devices"),
+        (lambda: EdgeConfig(identity="a/b"), "--id"),
+        (lambda: DeviceConfig(device_id=""), "--id"),
+        (lambda: DeviceConfig(device_id="cam+1"), "--id"),
     ],
 )
 def test_a_bad_value_is_refused_naming_what_is_wrong(build, named):
@@ -56,3 +61,12 @@ def test_configs_are_frozen_and_keyword_only():
         ServerConfig(2)  # type: ignore[misc]
     with pytest.raises(AttributeError):
         ServerConfig().workers = 3  # type: ignore[misc]
+
+
+def test_an_empty_device_id_on_the_command_line_is_refused_not_replaced_by_dev0(tiny_ddnn, capsys):
+    """issue 15: `ddnn device --id ''` silently became dev0."""
+    from ddnn.cli import main
+
+    code = main(["device", str(tiny_ddnn), "--id", "", "--broker", "mqtt://127.0.0.1:9"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and "(--id)" in err[0] and err[0].endswith("got ''")

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ddnn.errors import DdnnError
-from ddnn.names import IDENTIFIER, IDENTIFIER_RULE
 from ddnn.runtime.config import (
     DeploymentConfig,
     DeviceConfig,
@@ -64,8 +63,6 @@ def _identity(args: argparse.Namespace, access: BrokerAccess | None, default: st
     """`--id`, else the access file's username, else `default`; on a secure broker the two
     must agree, or every publish would be refused by the ACL."""
     user = access.username if access is not None else None
-    if args.id is not None and not IDENTIFIER.fullmatch(args.id):
-        raise DdnnError(f"--id {args.id!r} is invalid: {IDENTIFIER_RULE}")
     if args.id and user and args.id != user:
         raise DdnnError(
             f"--id {args.id} differs from the access file's identity {user!r}; the broker only "
