@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import re
 import threading
 import time
 import uuid
@@ -38,6 +37,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
     ) from exc
 
 from ddnn.runtime.protocol import parse_request_topic, replies_root, request_topic, requests_root
+from ddnn.runtime.replies import readable_request_id
 from ddnn.runtime.wire import (
     MAGIC,
     VERSION,
@@ -273,7 +273,6 @@ def run_property(
 # --- the live part ---------------------------------------------------------------------------
 
 CATEGORIES = ("garbage", "mutated", "frame", "wrong-input", "topic")
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 topic_levels = st.text(
     st.characters(exclude_characters="/+#\x00", exclude_categories=["Cs"]),
     min_size=1,
@@ -411,7 +410,9 @@ def _build(case: LiveCase, i: int, rid: int, m: _Served) -> tuple[str, bytes]:
 def _expectation(
     i: int, case: LiveCase, topic: str, payload: bytes, seen: set[tuple[str, int]]
 ) -> tuple[str | None, _Expect]:
-    """Where the answer must go and what it must be, from the protocol alone."""
+    """Where the answer must go and what it must be, from the protocol alone: to the device
+    that owns the request topic (never one named in the payload), with the request id whenever
+    the frame's header says it is a request."""
     try:
         frame: Frame | None = decode_frame(payload)
     except FrameError:
@@ -420,16 +421,15 @@ def _expectation(
         parsed: tuple[str, int, str] | None = parse_request_topic(topic)
     except DdnnError:
         parsed = None
+    address = parsed[2] if parsed else None  # else nobody can be answered
     if isinstance(frame, Request):
         matches = parsed == (frame.model, frame.section, frame.device_id)
         key = (frame.device_id, frame.request_id)
         optional = matches and key in seen
         if matches:
             seen.add(key)
-        return frame.device_id, _Expect(i, case.category, frame.request_id, not matches, optional)
-    level = topic.rsplit("/", 1)[-1]
-    address = level if _ID.fullmatch(level) else None  # else nobody can be answered
-    return address, _Expect(i, case.category, None, True)
+        return address, _Expect(i, case.category, frame.request_id, not matches, optional)
+    return address, _Expect(i, case.category, readable_request_id(payload), True)
 
 
 def _settle(
