@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ddnn import logs
 from ddnn.errors import DdnnError
 
 log = logging.getLogger("ddnn.cli")
@@ -111,11 +112,14 @@ def _add_evaluate(sub: Any) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ddnn.data.datasets import create_dataset
     from ddnn.evaluate.calibrate import plot_sweep, sweep
+    from ddnn.evaluate.policy import check_threshold
     from ddnn.evaluate.runner import collect_outputs, device_ablation, evaluate_outputs
     from ddnn.evaluate.tables import REPORT_COLUMNS, ablation_text, report_row, report_text
     from ddnn.store.artifact import open_model
     from ddnn.tables import markdown_table
 
+    if args.threshold is not None:  # before the minutes of loading a model and its data
+        check_threshold(args.threshold, "--threshold")
     stored = open_model(args.run_dir)
     model = stored.load()
     name = args.dataset or stored.dataset
@@ -234,7 +238,7 @@ def _main(argv: Sequence[str] | None) -> int:
         if args.verbose == 1
         else logging.DEBUG
     )
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(level)
     try:
         return int(args.handler(args))
     except DdnnError as exc:

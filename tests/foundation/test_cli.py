@@ -44,6 +44,9 @@ def test_multiview_evaluation_has_the_missing_device_table(tiny_multiview, capsy
         (["train", "nosuch"], "unknown preset"),
         (["train", "ddnn", "--dataset", "imagenet"], "unknown dataset"),
         (["train", "ddnn", "--dataset", "mnist"], "--data-dir"),
+        (["evaluate", "/no/such/run", "--threshold", "1.5"], "--threshold 1.5 is outside [0, 1]"),
+        (["evaluate", "/no/such/run", "--threshold", "-0.1"], "outside [0, 1]"),
+        (["evaluate", "/no/such/run", "--threshold", "nan"], "outside [0, 1]"),
     ],
 )
 def test_errors_are_one_line_and_nonzero(argv, message, capsys):

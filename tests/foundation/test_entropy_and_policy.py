@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from ddnn.evaluate.policy import choose_exits
+from ddnn.errors import DdnnError
+from ddnn.evaluate.policy import check_threshold, choose_exits
 from ddnn.model.outputs import OTHER
 from ddnn.nn.entropy import normalized_entropy
 
@@ -47,3 +48,13 @@ def test_other_never_exits_early():
 def test_threshold_count_must_match():
     with pytest.raises(ValueError):
         choose_exits(np.zeros((2, 3)), np.zeros((2, 3), dtype=np.int64), [0.1, 0.2])
+
+
+@pytest.mark.parametrize("bad", [1.5, -0.1, math.nan])
+def test_a_threshold_outside_zero_to_one_is_refused_with_the_range(bad):
+    with pytest.raises(DdnnError, match=r"outside \[0, 1\]"):
+        check_threshold(bad)
+
+
+def test_the_bounds_themselves_are_thresholds():
+    assert check_threshold(0.0) == 0.0 and check_threshold(1.0) == 1.0

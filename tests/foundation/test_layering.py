@@ -16,7 +16,7 @@ ROOT = Path(ddnn.__file__).parent
 # Lowest first. A package may import its own modules and any package in a lower layer; packages
 # in the same layer never import each other (the runtime and training stay apart).
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("__init__", "errors", "names"),
+    ("__init__", "errors", "logs", "names", "net", "stats"),
     ("config", "tables"),
     ("data",),
     ("nn",),

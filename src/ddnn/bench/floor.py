@@ -22,6 +22,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
+from ddnn import logs
 from ddnn.bench.child import ConfiguredChild
 from ddnn.errors import DdnnError
 from ddnn.runtime.broker import parse_broker_url
@@ -127,7 +128,7 @@ class FloorResponder:
 def floor_main() -> None:
     """Entry point of the responder process: config on stdin; serves until stdin closes or
     SIGTERM."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logs.configure(logging.WARNING, logs.BRIEF)
     cfg = FloorConfig(**json.loads(sys.stdin.readline()))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

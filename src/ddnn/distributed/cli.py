@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ddnn import logs
 from ddnn.errors import DdnnError
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,8 @@ def _strategy_of(command: list[str]) -> str | None:
 def cmd_cluster(args: argparse.Namespace) -> int:
     from ddnn.distributed.cluster import EmulatedCluster, run_on_cluster
     from ddnn.distributed.config import parse_rate, parse_seconds
+
+    logs.show_progress("ddnn.distributed.cluster")  # set-up and start take about a minute
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 SUBNET = "10.213.77"  # a private /24 that exists only inside the namespaces (the bridge has no IP)
 NODE_IFNAME = "eth0"
 CPU_PERIOD_US = 100_000
+MASTER_PORT = 29500  # node 0's rendezvous port, as torchrun's default
 
 
 def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -135,10 +136,12 @@ class EmulatedCluster:
             )
             log.warning(self.notes[-1])
         bridge = f"{self.name}br"
+        log.info("creating bridge %s for %d node(s)", bridge, self.nodes)
         _run("ip", "link", "add", bridge, "type", "bridge")
         self._links.append(bridge)
         _run("ip", "link", "set", bridge, "up")
         for i in range(self.nodes):
+            log.info("creating namespace %s-%d (node %d/%d)", self.name, i, i + 1, self.nodes)
             self._add_node(i, bridge, netem)
         self.notes.append(f"links: {self.rate_bps / 1e6:g} Mbit/s each way per node (tc tbf)")
         self._setup_cpu()
@@ -178,6 +181,7 @@ class EmulatedCluster:
             self.notes.append(f"CPU quotas NOT applied: {control.why}")
             log.warning(self.notes[-1])
             return
+        log.info("applying CPU quotas (cgroup %s)", control.kind)
         for i in range(self.nodes):
             cores = self.cores(i)
             if cores is not None:
@@ -252,7 +256,9 @@ def check_host() -> None:
         )
 
 
-def node_env(cluster: EmulatedCluster, node: int, world: int, port: int = 29500) -> dict[str, str]:
+def node_env(
+    cluster: EmulatedCluster, node: int, world: int, port: int = MASTER_PORT
+) -> dict[str, str]:
     """The torch.distributed environment of one node (what torchrun would set per host)."""
     cores = cluster.cores(node)
     return dict(os.environ) | {
@@ -272,10 +278,16 @@ def run_on_cluster(
     log_dir.mkdir(parents=True, exist_ok=True)
     files = []
     for i in range(cluster.nodes):
+        log.info("starting node %d/%d at %s", i + 1, cluster.nodes, cluster.address(i))
         out = None if i == 0 else (log_dir / f"node{i}.log").open("wb")
         if out is not None:
             files.append(out)
         cluster.popen(i, argv, node_env(cluster, i, cluster.nodes), out)
+    log.info(
+        "waiting for the %d node(s) to meet at %s:%d (the rendezvous) and finish; node 0's "
+        "output follows, the others' is in %s",
+        cluster.nodes, cluster.address(0), MASTER_PORT, log_dir,
+    )  # fmt: skip
     try:
         failed_at: float | None = None
         procs = cluster._procs

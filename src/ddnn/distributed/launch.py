@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,10 +14,12 @@ from typing import Any
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+from ddnn import logs
 from ddnn.data.datasets import Dataset
 from ddnn.distributed.config import DistConfig
 from ddnn.distributed.trainer import run_rank
 from ddnn.errors import DdnnError
+from ddnn.net import free_port
 from ddnn.train.config import Experiment
 
 log = logging.getLogger(__name__)
@@ -27,12 +28,6 @@ log = logging.getLogger(__name__)
 def in_distributed_env() -> bool:
     """True inside a rank started by torchrun or `ddnn cluster` (RANK and WORLD_SIZE are set)."""
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 @record
@@ -47,7 +42,7 @@ def _rank_entry(
     log_level: int,
 ) -> dict[str, Any] | None:
     """A spawned rank: it has no CLI to configure logging, so it does so here."""
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(log_level)
     return run_rank(experiment, run_dir, dist_cfg, init_from, resume, progress, dataset)
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ddnn.errors import DdnnError
 from ddnn.model.outputs import OTHER
 from ddnn.nn.entropy import normalized_entropy_np
 
@@ -35,6 +36,17 @@ class ExitOutputs:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+
+def check_threshold(value: float, where: str = "threshold") -> float:
+    """A threshold a user gave, checked: normalized entropy lies in [0, 1], so a value outside
+    it would silently mean "every sample exits" (> 1) or "none does" (< 0)."""
+    if not 0.0 <= value <= 1.0:  # nan too
+        raise DdnnError(
+            f"{where} {value:g} is outside [0, 1]: a sample exits early when its normalized "
+            "entropy (0..1) is below it; give 0 (never exit early) up to 1 (exit unless uniform)"
+        )
+    return value
 
 
 def confident(entropy: np.ndarray, prediction: np.ndarray, threshold: float) -> np.ndarray:

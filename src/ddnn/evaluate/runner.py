@@ -12,7 +12,7 @@ from torch import Tensor
 from ddnn.data.datasets import Split
 from ddnn.evaluate.communication import CommCosts
 from ddnn.evaluate.metrics import report
-from ddnn.evaluate.policy import ExitOutputs
+from ddnn.evaluate.policy import ExitOutputs, check_threshold
 from ddnn.model.hierarchy import HierarchicalModel
 from ddnn.model.outputs import class_map
 from ddnn.model.views import split_views
@@ -56,6 +56,8 @@ def evaluate_outputs(
     """Report for stored thresholds (None) or the given ones (one per non-final exit)."""
     if thresholds is None:
         thresholds = list(model.spec.thresholds.values())
+    for t in thresholds:
+        check_threshold(t)
     dev = model.spec.device_section
     prio = dev.exit.classes if dev is not None and dev.exit is not None else None
     return report(outputs, thresholds, CommCosts.of(model), has_local_exit(model), prio)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Self
 from urllib.parse import urlsplit
 
 from ddnn.errors import DdnnError
+from ddnn.net import LOOPBACK, free_port
 from ddnn.runtime.transport import DEFAULT_MAX_PACKET_SIZE
 
 if TYPE_CHECKING:
@@ -32,7 +33,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 1883
 DEFAULT_TLS_PORT = 8883
-LOOPBACK = "127.0.0.1"
 SCHEMES = {"mqtt": DEFAULT_PORT, "mqtts": DEFAULT_TLS_PORT}
 _SEARCH_DIRS = ("/usr/sbin", "/usr/local/sbin", "/opt/homebrew/sbin")
 
@@ -88,13 +88,6 @@ def find_mosquitto(binary: str | None = None) -> str:
             "(or `brew install mosquitto`), or point --broker at an existing broker"
         )
     return found
-
-
-def free_port() -> int:
-    """A loopback TCP port nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 def _port_is_free(port: int, host: str = LOOPBACK) -> bool:

@@ -9,13 +9,14 @@ from typing import Any
 
 import numpy as np
 
+from ddnn.stats import percentile
 from ddnn.tables import markdown_table
 
 
 def _pct(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"p50": None, "p95": None}
-    return {"p50": float(np.percentile(values, 50)), "p95": float(np.percentile(values, 95))}
+    return {"p50": percentile(values, 50), "p95": percentile(values, 95)}
 
 
 def frames(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
