@@ -16,6 +16,7 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 
 from ddnn.config import from_dict, to_dict
+from ddnn.data.source import DataSource
 from ddnn.errors import DdnnError
 from ddnn.model.hierarchy import HierarchicalModel
 from ddnn.model.spec import ModelSpec
@@ -55,8 +56,11 @@ def save_model(
     version: int = 1,
     parent: str | None = None,
     metrics: dict[str, Any] | None = None,
+    *,
+    data: DataSource | None = None,
 ) -> Path:
-    """Write spec.json and one safetensors file per part into `folder`; returns the folder."""
+    """Write spec.json and one safetensors file per part into `folder`; returns the folder.
+    `data` records where the training data came from (the `data` entry)."""
     folder = Path(folder)
     (folder / "weights").mkdir(parents=True, exist_ok=True)
     hashes = {}
@@ -78,6 +82,8 @@ def save_model(
         "weights": hashes,
         "metrics": metrics or {},
     }
+    if data is not None:
+        doc["data"] = data.to_dict()
     (folder / SPEC_FILE).write_text(json.dumps(doc, indent=2))
     log.info("saved %s v%d to %s", model.spec.name, version, folder)
     return folder
@@ -119,8 +125,13 @@ class StoredModel:
     spec: ModelSpec
     hashes: dict[str, str]  # part -> SHA-256 of weights/<part>.safetensors
     metrics: dict[str, Any]
-    # the data it was trained on; today only the training metrics record its name
-    dataset: str | None = None
+    # the data it was trained on: spec.json's `data` entry, or (older runs) the dataset name
+    # the training metrics recorded
+    data: DataSource | None = None
+
+    @property
+    def dataset(self) -> str | None:
+        return None if self.data is None else self.data.dataset
 
     @classmethod
     def read(cls, folder: str | Path) -> StoredModel:
@@ -129,6 +140,10 @@ class StoredModel:
         spec.validate()
         metrics = doc.get("metrics") or {}
         dataset = metrics.get("dataset")
+        if doc.get("data"):
+            data: DataSource | None = DataSource.from_dict(doc["data"])
+        else:
+            data = DataSource(str(dataset)) if dataset else None
         return cls(
             folder=Path(folder),
             name=str(doc["name"]),
@@ -138,8 +153,16 @@ class StoredModel:
             spec=spec,
             hashes=dict(doc.get("weights", {})),
             metrics=metrics,
-            dataset=str(dataset) if dataset else None,
+            data=data,
         )
+
+    def data_source(self, dataset: str | None = None, data_dir: str | None = None) -> DataSource:
+        """Where to read this model's data: as recorded, overridden by --dataset / --data-dir."""
+        if self.data is None:
+            if dataset is None:
+                raise DdnnError(f"{self.folder}: the dataset is not recorded; pass --dataset")
+            return DataSource.of(dataset, data_dir)
+        return self.data.overridden(dataset, data_dir)
 
     @property
     def parts(self) -> list[str]:
