@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """[size, size, 3] float in [0, 1]: two colours mixed by stripes at a random angle, plus noise."""
+    """[size, size, 3] float in [0, 1]: two colours mixed by stripes at an angle, plus noise."""
     a, b = rng.random(3), rng.random(3)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     angle, freq = rng.random() * np.pi, 0.2 + rng.random() * 0.8
