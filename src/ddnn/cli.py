@@ -23,8 +23,13 @@ Handler = Callable[[argparse.Namespace], int]
 def _add_train(sub: Any) -> None:
     p = sub.add_parser("train", help="train a preset or TOML config; writes a run folder")
     p.add_argument("config", nargs="?", help="preset name (ddnn, lenet5, ...) or .toml path")
-    p.add_argument("--dataset", help="fashion-mnist, mnist, digits, synthetic")
-    p.add_argument("--data-dir", help="folder with the dataset's files")
+    p.add_argument(
+        "--dataset", help="fashion-mnist, mnist, digits, synthetic, folder (image folders), npz"
+    )
+    p.add_argument("--data-dir", help="folder (or .npz file) with the dataset's files")
+    p.add_argument(
+        "--image-size", nargs=2, type=int, metavar=("H", "W"), help="resize every image to H x W"
+    )
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
@@ -59,6 +64,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides = {
             "dataset": args.dataset, "data_dir": args.data_dir, "epochs": args.epochs,
             "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "limit": args.limit,
+            "image_size": tuple(args.image_size) if args.image_size else None,
         }  # fmt: skip
         exp = load_experiment(args.config or _stored_config(args.init_from), **overrides)
         run_dir = Path(args.out or f"runs/{exp.model.name}")
@@ -101,7 +107,7 @@ def _add_evaluate(sub: Any) -> None:
     g.add_argument("--threshold", type=float, help="one threshold for every early exit")
     g.add_argument("--sweep", action="store_true", help="table and PNG over thresholds 0..1")
     p.add_argument("--dataset", help="default: the dataset the model was trained on")
-    p.add_argument("--data-dir")
+    p.add_argument("--data-dir", help="default: where the model's training data was read from")
     p.add_argument("--split", choices=("test", "val"), default="test")
     p.add_argument("--limit", type=int, help="evaluate on the first N samples only")
     p.add_argument("--plot", help="PNG path for --sweep (default: RUN_DIR/sweep.png)")
@@ -110,7 +116,6 @@ def _add_evaluate(sub: Any) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ddnn.data.datasets import create_dataset
     from ddnn.evaluate.calibrate import plot_sweep, sweep
     from ddnn.evaluate.policy import check_threshold
     from ddnn.evaluate.runner import collect_outputs, device_ablation, evaluate_outputs
@@ -122,10 +127,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         check_threshold(args.threshold, "--threshold")
     stored = open_model(args.run_dir)
     model = stored.load()
-    name = args.dataset or stored.dataset
-    if not name:
-        raise DdnnError(f"{args.run_dir}: the dataset is not recorded; pass --dataset")
-    data = create_dataset(name, args.data_dir, val_fraction=0.1)
+    source = stored.data_source(args.dataset, args.data_dir)
+    name = source.dataset
+    data = source.load(val_fraction=0.1)
     split = (data.test if args.split == "test" else data.val).head(args.limit)
     outputs = collect_outputs(model, split)
     n_free = len(outputs.names) - 1
@@ -191,7 +195,38 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: Sequence[Callable[[Any], None]] = (_add_train, _add_evaluate, _add_info, _add_bench)
+def _add_data(sub: Any) -> None:
+    p = sub.add_parser("data", help="make data sets")
+    dsub = p.add_subparsers(dest="data", required=True)
+    m = dsub.add_parser(
+        "make-colour", help="Fashion-MNIST tinted onto textured colour backgrounds, as PNG folders"
+    )
+    m.add_argument("out", help="new folder to write train/ and test/ into")
+    m.add_argument("--source", help="Fashion-MNIST IDX folder (default: the Debian package's)")
+    m.add_argument("--size", type=int, default=32, help="image height and width")
+    m.add_argument("--train", type=int, default=6000, help="training samples")
+    m.add_argument("--test", type=int, default=1000, help="test samples")
+    m.add_argument("--views", type=int, default=1, help="cameras per sample (multi-view)")
+    m.add_argument("--missing", type=float, default=0.1, help="chance a camera misses a sample")
+    m.add_argument("--seed", type=int, default=0)
+    m.set_defaults(handler=cmd_make_colour)
+
+
+def cmd_make_colour(args: argparse.Namespace) -> int:
+    from ddnn.data.colour import make_colour
+    from ddnn.data.datasets import FASHION_MNIST_DIR
+
+    written = make_colour(
+        args.out, source=args.source or FASHION_MNIST_DIR, size=args.size, train=args.train,
+        test=args.test, views=args.views, missing=args.missing, seed=args.seed,
+    )  # fmt: skip
+    print(f"{args.out}: {written['train']} train and {written['test']} test images")
+    return 0
+
+
+COMMANDS: Sequence[Callable[[Any], None]] = (
+    _add_train, _add_evaluate, _add_info, _add_bench, _add_data,
+)  # fmt: skip
 # Feature areas register their own subcommands: module.register(sub) for top-level commands and
 # module.register_bench(bench_sub) for `ddnn bench ...`; imported lazily so a command's heavy
 # dependencies load only when it runs.

@@ -14,6 +14,7 @@ from torch.nn import functional as F
 
 from ddnn.data.datasets import Split, create_dataset
 from ddnn.model.hierarchy import HierarchicalModel
+from ddnn.model.inputs import fit_to_data
 from ddnn.model.views import split_views
 from ddnn.nn.binary import clip_latent_weights
 from ddnn.train.config import load_experiment
@@ -58,8 +59,7 @@ def bench_train(
 ) -> dict[str, Any]:
     exp = load_experiment(preset)
     data = create_dataset(dataset, data_dir)
-    mean, std = data.normalization()
-    spec = exp.model.with_dataset(data.num_classes, data.input_shape, data.class_names, mean, std)
+    spec = fit_to_data(exp.model, data)
     torch.manual_seed(0)
     initial = HierarchicalModel(spec)
     split = data.train.head(samples)

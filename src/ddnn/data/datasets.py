@@ -1,7 +1,9 @@
 """The dataset registry: every dataset gives train / validation / test splits of uint8 images.
 
 Images stay uint8 [N, C, H, W] in memory (Fashion-MNIST: 55 MB) and become float in [0, 1] per
-batch; thresholds are calibrated on validation and reported on test.
+batch; thresholds are calibrated on validation and reported on test. A multi-view dataset (one
+camera per device) stacks its V views along channels, [N, V*C, H, W], and says per sample which
+views exist (`Split.present`): a missing view is a missing device, not an error.
 """
 
 from __future__ import annotations
@@ -31,18 +33,30 @@ FASHION_MNIST_CLASSES = (
 class Split:
     images: Tensor  # [N, C, H, W] uint8
     labels: Tensor  # [N] int64
+    present: Tensor | None = None  # [N, V] bool for multi-view data (None: every view there)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def head(self, n: int | None) -> Split:
         """The first n samples (all when n is None): tests and quick runs use small slices."""
-        return self if n is None else Split(self.images[:n], self.labels[:n])
+        return self if n is None else self.take(slice(0, n))
+
+    def take(self, index: Tensor | slice) -> Split:
+        present = None if self.present is None else self.present[index]
+        return Split(self.images[index], self.labels[index], present)
 
     def batches(
         self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield (x [B, C, H, W] float in [0, 1], y [B]); plain slicing beats a DataLoader here."""
+        for x, y, _ in self.batches_present(batch_size, shuffle, generator):
+            yield x, y
+
+    def batches_present(
+        self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
+    ) -> Iterator[tuple[Tensor, Tensor, Tensor | None]]:
+        """`batches` plus each batch's view presence [B, V] bool (None: all views present)."""
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else None
         for start in range(0, n, batch_size):
@@ -51,7 +65,8 @@ class Split:
                 if order is not None
                 else slice(start, start + batch_size)
             )
-            yield self.images[idx].float().div_(255.0), self.labels[idx]
+            present = None if self.present is None else self.present[idx]
+            yield self.images[idx].float().div_(255.0), self.labels[idx], present
 
 
 @dataclass
@@ -61,6 +76,7 @@ class Dataset:
     train: Split
     val: Split
     test: Split
+    views: int = 1  # cameras stacked along channels; each device of the model sees one
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -77,7 +93,8 @@ class Dataset:
         return float(x.mean()), float(x.std())
 
 
-Loader = Callable[[Path | None, int], Dataset]
+ImageSize = tuple[int, int] | None  # (height, width) to resize to; None: as stored
+Loader = Callable[[Path | None, int, ImageSize], Dataset]
 _REGISTRY: dict[str, Loader] = {}
 
 
@@ -94,14 +111,26 @@ def dataset_names() -> list[str]:
 
 
 def create_dataset(
-    name: str, data_dir: str | Path | None = None, seed: int = 0, val_fraction: float = 0.1
+    name: str,
+    data_dir: str | Path | None = None,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    image_size: ImageSize = None,
 ) -> Dataset:
-    """Load a registered dataset; the validation split is carved from train with `seed`."""
+    """Load a registered dataset; the validation split is carved from train with `seed`.
+
+    `image_size` (H, W) resizes every image; loaders that read files resize each one as they
+    read it, the others are resized here in one go."""
     if name not in _REGISTRY:
         raise DdnnError(f"unknown dataset {name!r}; valid: {', '.join(dataset_names())}")
-    ds = _REGISTRY[name](Path(data_dir) if data_dir else None, seed)
+    if image_size is not None and (len(image_size) != 2 or min(image_size) < 1):
+        raise DdnnError(f"--image-size takes a positive height and width, got {image_size}")
+    size = None if image_size is None else (int(image_size[0]), int(image_size[1]))
+    ds = _REGISTRY[name](Path(data_dir) if data_dir else None, seed, size)
+    if size is not None and ds.input_shape[1:] != size:
+        ds.train, ds.val, ds.test = (resize_split(s, size) for s in (ds.train, ds.val, ds.test))
     if val_fraction > 0 and len(ds.val) == 0:
-        ds.train, ds.val = _carve(ds.train, val_fraction, seed)
+        ds.train, ds.val = carve(ds.train, val_fraction, seed)
     log.info(
         "dataset %s: %d train, %d val, %d test, shape %s",
         name, len(ds.train), len(ds.val), len(ds.test), ds.input_shape,
@@ -109,20 +138,27 @@ def create_dataset(
     return ds
 
 
-def _carve(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+def resize_split(split: Split, size: tuple[int, int]) -> Split:
+    """Bilinear resize of uint8 images to (H, W), in chunks so memory stays bounded."""
+    out = torch.empty((len(split), split.images.shape[1], *size), dtype=torch.uint8)
+    for start in range(0, len(split), 4096):
+        x = split.images[start : start + 4096].float()
+        y = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        out[start : start + 4096] = y.round_().clamp_(0, 255).to(torch.uint8)
+    return Split(out, split.labels, split.present)
+
+
+def carve(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """(rest, carved): a seeded random `fraction` of `split` taken out (validation, test)."""
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(split), generator=g)
     n_val = round(len(split) * fraction)
     val, train = order[:n_val], order[n_val:]
-    return _subset(split, train), _subset(split, val)
+    return split.take(train), split.take(val)
 
 
-def _subset(split: Split, index: torch.Tensor) -> Split:
-    return Split(split.images[index], split.labels[index])
-
-
-def _empty_like(split: Split) -> Split:
-    return Split(split.images[:0], split.labels[:0])
+def empty_like(split: Split) -> Split:
+    return split.take(slice(0, 0))
 
 
 def _idx_dataset(name: str, folder: Path, class_names: tuple[str, ...], hint: str) -> Dataset:
@@ -149,11 +185,11 @@ def _idx_dataset(name: str, folder: Path, class_names: tuple[str, ...], hint: st
         torch.from_numpy(arrays["test_x"].copy()).unsqueeze(1),
         torch.from_numpy(arrays["test_y"].astype(np.int64)),
     )
-    return Dataset(name, class_names, train, _empty_like(train), test)
+    return Dataset(name, class_names, train, empty_like(train), test)
 
 
 @register("fashion-mnist")
-def _fashion_mnist(data_dir: Path | None, seed: int) -> Dataset:
+def _fashion_mnist(data_dir: Path | None, seed: int, image_size: ImageSize) -> Dataset:
     hint = (
         "Install the Debian package (apt-get install dataset-fashion-mnist) or pass --data-dir "
         "with the four IDX files."
@@ -162,28 +198,31 @@ def _fashion_mnist(data_dir: Path | None, seed: int) -> Dataset:
 
 
 @register("mnist")
-def _mnist(data_dir: Path | None, seed: int) -> Dataset:
+def _mnist(data_dir: Path | None, seed: int, image_size: ImageSize) -> Dataset:
     if data_dir is None:
         raise DdnnError("mnist: pass --data-dir with the four MNIST IDX files (gzipped or not)")
     return _idx_dataset("mnist", data_dir, tuple(str(i) for i in range(10)), "Check --data-dir.")
 
 
 @register("digits")
-def _digits(data_dir: Path | None, seed: int) -> Dataset:
-    """scikit-learn's bundled 8x8 digits, resized to 28x28 so the MNIST-sized models fit."""
+def _digits(data_dir: Path | None, seed: int, image_size: ImageSize) -> Dataset:
+    """scikit-learn's bundled 8x8 digits, resized to 28x28 so the MNIST-sized models fit;
+    `--image-size 8 8` keeps them native (resized from the 8x8 values, not from 28x28)."""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
     x = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)  # [N, 1, 8, 8]
-    x = torch.nn.functional.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False)
+    size = image_size or (28, 28)
+    if size != (8, 8):
+        x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
     images = (x.clamp(0, 1) * 255).round().to(torch.uint8)
     labels = torch.from_numpy(bunch.target.astype(np.int64))
-    train, test = _carve(Split(images, labels), 0.2, seed)
-    return Dataset("digits", tuple(str(i) for i in range(10)), train, _empty_like(train), test)
+    train, test = carve(Split(images, labels), 0.2, seed)
+    return Dataset("digits", tuple(str(i) for i in range(10)), train, empty_like(train), test)
 
 
 @register("synthetic")
-def _synthetic(data_dir: Path | None, seed: int) -> Dataset:
+def _synthetic(data_dir: Path | None, seed: int, image_size: ImageSize) -> Dataset:
     """Generated 28x28 images: a class-specific bar pattern plus noise; learnable in seconds."""
     g = torch.Generator().manual_seed(seed)
     n_classes, n = 4, 1200
@@ -195,7 +234,7 @@ def _synthetic(data_dir: Path | None, seed: int) -> Dataset:
     x = templates[labels] + 0.35 * torch.rand(n, 1, 28, 28, generator=g)
     images = (x.clamp(0, 1) * 255).round().to(torch.uint8)
     split = Split(images, labels)
-    train, test = _carve(split, 0.25, seed)
+    train, test = carve(split, 0.25, seed)
     return Dataset(
-        "synthetic", tuple(f"c{i}" for i in range(n_classes)), train, _empty_like(train), test
+        "synthetic", tuple(f"c{i}" for i in range(n_classes)), train, empty_like(train), test
     )

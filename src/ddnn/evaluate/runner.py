@@ -15,7 +15,7 @@ from ddnn.evaluate.metrics import report
 from ddnn.evaluate.policy import ExitOutputs, check_threshold
 from ddnn.model.hierarchy import HierarchicalModel
 from ddnn.model.outputs import class_map
-from ddnn.model.views import split_views
+from ddnn.model.views import split_views, with_data_presence
 
 
 @torch.no_grad()
@@ -25,14 +25,18 @@ def collect_outputs(
     batch_size: int = 512,
     present: Tensor | None = None,
 ) -> ExitOutputs:
-    """present [D] bool: which devices take part (None: all of them)."""
+    """present [D] bool: which devices take part (None: all of them); a multi-view split's own
+    missing views are missing devices too."""
     model.eval()
     logits: dict[str, list[np.ndarray]] = {}
     devices = model.spec.devices
     mask = present if present is not None else torch.ones(devices, dtype=torch.bool)
-    for x, _ in split.batches(batch_size):
+    counts = []
+    for x, _, data_present in split.batches_present(batch_size):
         views = split_views(x, model.spec)  # [B, D, C, h, w]
         batch_mask = mask.expand(len(x), devices)  # [B, D]
+        batch_mask = with_data_presence(batch_mask, data_present)
+        counts.append(batch_mask.sum(dim=1))
         for name, value in model(views, batch_mask).items():
             logits.setdefault(name, []).append(value.numpy())
     names = list(logits)
@@ -41,7 +45,9 @@ def collect_outputs(
         logits=[np.concatenate(logits[n]) for n in names],
         labels=split.labels.numpy(),
         class_maps=[class_map(model, n) for n in names],
-        devices_present=np.full(len(split), int(mask.sum()), dtype=np.int64),
+        devices_present=torch.cat(counts).numpy().astype(np.int64)
+        if counts
+        else np.zeros(0, dtype=np.int64),
     )
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ddnn.data.source import DataSource
 from ddnn.errors import DdnnError
 from ddnn.export.cexport import HARNESS, build, read_manifest
 from ddnn.export.cops import PRELUDE, emit_op, tensor_words
@@ -35,7 +36,7 @@ from ddnn.export.verify import sample_views
 log = logging.getLogger(__name__)
 
 
-def resolve_run(target: str, dataset: str | None, work: Path) -> tuple[Path, str]:
+def resolve_run(target: str, source: DataSource | None, work: Path) -> tuple[Path, str]:
     """A run folder as given, or a preset's untrained model (latency depends only on shapes)
     saved under `work`. Returns the folder and a description."""
     from ddnn.model.presets import load_config_dict, model_spec_from_dict, preset_names
@@ -48,18 +49,16 @@ def resolve_run(target: str, dataset: str | None, work: Path) -> tuple[Path, str
             f"{target!r} is neither a run folder (no spec.json) nor a preset; presets: "
             f"{', '.join(preset_names())}"
         )
-    from ddnn.data.datasets import create_dataset
     from ddnn.model.hierarchy import HierarchicalModel
+    from ddnn.model.inputs import fit_to_data
     from ddnn.store.artifact import save_model
 
-    name = dataset or "fashion-mnist"
-    data = create_dataset(name, val_fraction=0.0)
-    mean, std = data.normalization()
-    spec = model_spec_from_dict(load_config_dict(target)["model"]).with_dataset(
-        data.num_classes, data.input_shape, data.class_names, mean, std
-    )
+    source = source or DataSource("fashion-mnist")
+    name = source.dataset
+    data = source.load(val_fraction=0.0)
+    spec = fit_to_data(model_spec_from_dict(load_config_dict(target)["model"]), data)
     torch.manual_seed(0)
-    folder = save_model(HierarchicalModel(spec).eval(), work / "model", metrics={"dataset": name})
+    folder = save_model(HierarchicalModel(spec).eval(), work / "model", data=source)
     return folder, f"preset {target} (untrained weights, {name} shapes)"
 
 
@@ -194,13 +193,14 @@ def bench_convs(low_ops: list[Any], folder: Path, cc: str, cflags: str, repeats:
 def bench_device(
     target: str,
     device: int = 0,
-    dataset: str | None = None,
+    dataset: DataSource | None = None,
     repeats: int = 2000,
     out_dir: str | Path | None = None,
     cc: str = "cc",
     cflags: str = DEFAULT_CFLAGS,
 ) -> dict[str, Any]:
-    """Latency, binary vs float convolution and memory of one device section."""
+    """Latency, binary vs float convolution and memory of one device section; `dataset` gives
+    a preset's shapes (default Fashion-MNIST)."""
     work = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="ddnn_bench_"))
     work.mkdir(parents=True, exist_ok=True)
     run_dir, described = resolve_run(target, dataset, work)

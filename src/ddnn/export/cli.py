@@ -74,6 +74,8 @@ def register_bench(bsub: Any) -> None:
     p.add_argument("target", help="a run folder, or a preset name (untrained weights)")
     p.add_argument("--device", type=int, default=0)
     p.add_argument("--dataset", help="dataset giving a preset's shapes (default fashion-mnist)")
+    p.add_argument("--data-dir", help="the dataset's folder or file (folder, npz, mnist)")
+    p.add_argument("--image-size", nargs=2, type=int, metavar=("H", "W"))
     p.add_argument("--repeats", type=int, default=2000, help="timed runs per engine")
     p.add_argument("--out", help="keep the generated files here (default: a temporary folder)")
     p.add_argument("--cc", default="cc", help="C compiler")
@@ -87,8 +89,13 @@ def cmd_bench_device(args: argparse.Namespace) -> int:
 
     if args.repeats < 10:
         raise DdnnError(f"--repeats must be >= 10 for a meaningful median, got {args.repeats}")
+    source = None
+    if args.dataset:
+        from ddnn.data.source import DataSource
+
+        source = DataSource.of(args.dataset, args.data_dir, args.image_size)
     result = bench_device(
-        args.target, args.device, args.dataset, args.repeats, args.out, args.cc, args.cflags
+        args.target, args.device, source, args.repeats, args.out, args.cc, args.cflags
     )
     _say(json.dumps(result, indent=2) if args.json else bench_text(result))
     return 0

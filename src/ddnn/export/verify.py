@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ddnn.data.datasets import create_dataset
 from ddnn.errors import DdnnError
 from ddnn.export.cexport import HARNESS, build, export_c, read_manifest
 from ddnn.export.engines import CEngine, OnnxEngine, TorchEngine
@@ -39,11 +38,12 @@ def sample_views(run_dir: str | Path, device: int, count: int) -> tuple[np.ndarr
     """[K, C, h, w] inputs for device `device`: the first K test samples of the dataset the
     model was trained on, or random values in [0, 1] when it is not available (and why)."""
     stored = open_model(run_dir)
-    spec, name = stored.spec, stored.dataset
+    spec, source = stored.spec, stored.data
     reason = "the model's spec.json records no dataset"
-    if name:
+    if source is not None:
+        name = source.dataset
         try:
-            data = create_dataset(name, val_fraction=0.0)
+            data = source.load(val_fraction=0.0)
             x, _ = next(data.test.head(count).batches(count))
             views = device_view(x, spec, device).numpy()
             return np.ascontiguousarray(views, dtype=np.float32), f"first {len(views)} {name} test"

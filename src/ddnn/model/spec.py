@@ -50,13 +50,21 @@ class SectionSpec:
     exit: ExitSpec | None = None
 
 
+VIEW_KINDS = ("full", "crops", "corners", "channels")
+
+
 @dataclass(frozen=True)
 class ViewSpec:
-    """What each end device sees of a sample: the full image, or one crop per device."""
+    """What each end device sees of a sample: the full image, one crop per device, or (data
+    with one camera per device) its own camera's image, the views stacked along channels.
 
-    kind: str = "full"  # "full" or "crops"
+    "corners" is a preset's size-free way to say crops: `fraction` of the height and width at
+    each corner, turned into "crops" for the data's image size when the model is built."""
+
+    kind: str = "full"  # one of VIEW_KINDS
     size: tuple[int, int] = (0, 0)  # crop height, width (crops only)
     offsets: tuple[tuple[int, int], ...] = ()  # top-left (y, x) per device (crops only)
+    fraction: float = 0.0  # crop side / image side (corners only)
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,8 @@ class ModelSpec:
         """C, h, w of the input one device sees."""
         if self.views.kind == "full":
             return self.input_shape
+        if self.views.kind == "channels":
+            return (self.input_shape[0] // self.devices, *self.input_shape[1:])
         return (self.input_shape[0], *self.views.size)
 
     @property
@@ -109,7 +119,10 @@ class ModelSpec:
         class_names: tuple[str, ...],
         mean: float,
         std: float,
+        *,
+        views: int = 1,
     ) -> ModelSpec:
+        """This spec for a dataset; `views` > 1: the data has one camera per device."""
         spec = replace(
             self,
             num_classes=num_classes,
@@ -118,6 +131,7 @@ class ModelSpec:
             mean=mean,
             std=std,
         )
+        spec = fit_views(spec, views)
         spec.validate()
         for warning in float_feature_warnings(spec):
             log.warning("%s", warning)
@@ -222,10 +236,17 @@ class ModelSpec:
 
     def _validate_views(self) -> None:
         v = self.views
-        if v.kind == "full":
+        if v.kind not in VIEW_KINDS:
+            raise DdnnError(f"model {self.name!r}: views.kind must be one of {VIEW_KINDS}")
+        if v.kind in ("full", "corners"):  # corners become crops when the data is known
             return
-        if v.kind != "crops":
-            raise DdnnError(f"model {self.name!r}: views.kind must be 'full' or 'crops'")
+        if v.kind == "channels":
+            if self.input_shape[0] % self.devices:
+                raise DdnnError(
+                    f"model {self.name!r}: {self.input_shape[0]} input channels do not split "
+                    f"into {self.devices} device views"
+                )
+            return
         if len(v.offsets) != self.devices:
             raise DdnnError(
                 f"model {self.name!r}: {len(v.offsets)} crop offsets for {self.devices} devices"
@@ -237,3 +258,29 @@ class ModelSpec:
                     f"model {self.name!r}: crop {v.size} at ({y}, {x}) leaves the "
                     f"{height}x{width} image"
                 )
+
+
+def fit_views(spec: ModelSpec, data_views: int = 1) -> ModelSpec:
+    """The spec's views made concrete for its input shape: "corners" become crops of the
+    image's size, and data with one camera per device makes each device see its camera."""
+    v, (_, height, width) = spec.views, spec.input_shape
+    if data_views > 1:
+        if spec.devices != data_views:
+            raise DdnnError(
+                f"the data has {data_views} views (cameras) and model {spec.name!r} has "
+                f"{spec.devices} devices; use a model with devices = {data_views}"
+            )
+        return replace(spec, views=ViewSpec(kind="channels"))
+    if v.kind == "channels" and spec.devices > 1:
+        raise DdnnError(
+            f"model {spec.name!r} takes one camera per device; the data has a single view"
+        )
+    if v.kind != "corners":
+        return spec
+    if not 0.0 < v.fraction <= 1.0 or spec.devices > 4:
+        raise DdnnError(
+            f"model {spec.name!r}: corner views need 0 < fraction <= 1 and at most 4 devices"
+        )
+    h, w = max(1, round(height * v.fraction)), max(1, round(width * v.fraction))
+    corners = ((0, 0), (0, width - w), (height - h, 0), (height - h, width - w))
+    return replace(spec, views=ViewSpec(kind="crops", size=(h, w), offsets=corners[: spec.devices]))

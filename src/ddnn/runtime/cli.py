@@ -198,42 +198,47 @@ def cmd_edge(args: argparse.Namespace) -> int:
 
 
 def _device_inputs(args: argparse.Namespace, spec: Any) -> Iterator[tuple[int, Any, int]]:
-    """(frame id, this device's view [C, h, w], label) from image files or the test split."""
-    import numpy as np
+    """(frame id, this device's view [C, h, w], label) from image files or the test split.
+
+    A test sample whose view for this device is missing (multi-view data) is not sent: the
+    device is absent for it, as a camera that saw nothing would be."""
     import torch
 
     from ddnn.model.views import device_view
 
     if args.images:
-        from matplotlib.image import imread
-
         for i, path in enumerate(args.images):
-            img = np.asarray(imread(path), dtype=np.float32)
-            img = img.mean(axis=2) if img.ndim == 3 else img  # greyscale
-            img = img / 255.0 if img.max() > 1.0 else img
-            if img.shape != tuple(spec.input_shape[1:]):
-                raise DdnnError(
-                    f"{path}: image is {img.shape}, the model takes {spec.input_shape[1:]}"
-                )
-            x = torch.from_numpy(img)[None, None]  # [1, 1, H, W]
-            yield i, device_view(x, spec, args.index)[0].numpy(), -1
+            x = torch.from_numpy(_read_image(path, spec)).float().div_(255.0)[None]  # [1, C, H, W]
+            view = x if spec.views.kind == "channels" else device_view(x, spec, args.index)
+            yield i, view[0].numpy(), -1
         return
-    from ddnn.data.datasets import create_dataset
+    from ddnn.store.artifact import open_model
 
-    name = args.dataset or spec_dataset(args.run_dir)
-    test = create_dataset(name, args.data_dir).test.head(args.samples)
+    source = open_model(args.run_dir).data_source(args.dataset, args.data_dir)
+    test = source.load(val_fraction=0.0).test.head(args.samples)
     for i in range(args.offset, len(test), args.stride):
+        if test.present is not None and not bool(test.present[i, args.index]):
+            continue
         x = test.images[i : i + 1].float().div(255)  # [1, C, H, W]
         yield i, device_view(x, spec, args.index)[0].numpy(), int(test.labels[i])
 
 
-def spec_dataset(run_dir: str) -> str:
-    from ddnn.store.artifact import open_model
+def _read_image(path: str, spec: Any) -> Any:
+    """[C, H, W] uint8 of a PNG or JPEG file, in the model's channels (grey or RGB); the size
+    must be what the model takes (for multi-view data: one camera's view)."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
 
-    name = open_model(run_dir).dataset
-    if not name:
-        raise DdnnError(f"{run_dir}: the dataset is not recorded; pass --dataset or --images")
-    return name
+    c, h, w = spec.view_shape if spec.views.kind == "channels" else spec.input_shape
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if c == 1 else "RGB")
+    except (OSError, UnidentifiedImageError) as exc:
+        raise DdnnError(f"{path}: not a readable image ({exc})") from exc
+    if img.size != (w, h):
+        raise DdnnError(f"{path}: image is {img.size[1]}x{img.size[0]}, the model takes {h}x{w}")
+    arr = np.asarray(img, dtype=np.uint8)
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
 def _start_together(ready_file: str | None, start_file: str | None, timeout: float = 300.0) -> None:

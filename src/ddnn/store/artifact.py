@@ -15,6 +15,7 @@ from typing import Any
 from safetensors.torch import load_file
 
 from ddnn.config import from_dict, to_dict
+from ddnn.data.source import DataSource
 from ddnn.errors import DdnnError
 from ddnn.model.hierarchy import HierarchicalModel
 from ddnn.model.spec import ModelSpec
@@ -62,10 +63,13 @@ def save_model(
     version: int = 1,
     parent: str | None = None,
     metrics: dict[str, Any] | None = None,
+    *,
+    data: DataSource | None = None,
 ) -> Path:
     """Write spec.json and one safetensors file per part into `folder`; returns the folder.
     One atomic save (store.durable): a failed write raises SaveError and leaves the previous
-    version loadable. The same model gives byte-identical weight files (no times in them)."""
+    version loadable. The same model gives byte-identical weight files (no times in them).
+    `data` records where the training data came from (the `data` entry)."""
     folder = Path(folder)
     files, hashes = {}, {}
     meta = {"model": model.spec.name, "version": str(version)}
@@ -92,6 +96,8 @@ def save_model(
         "weights": hashes,
         "metrics": metrics or {},
     }
+    if data is not None:
+        doc["data"] = data.to_dict()
     files[SPEC_FILE] = json_bytes(doc)  # last: it holds the hashes, so it switches the set
     replace_files(folder, files)
     log.info("saved %s v%d to %s", model.spec.name, version, folder)
@@ -184,8 +190,13 @@ class StoredModel:
     spec: ModelSpec
     hashes: dict[str, str]  # part -> SHA-256 of weights/<part>.safetensors
     metrics: dict[str, Any]
-    # the data it was trained on; today only the training metrics record its name
-    dataset: str | None = None
+    # the data it was trained on: spec.json's `data` entry, or (older runs) the dataset name
+    # the training metrics recorded
+    data: DataSource | None = None
+
+    @property
+    def dataset(self) -> str | None:
+        return None if self.data is None else self.data.dataset
 
     @classmethod
     def read(cls, folder: str | Path) -> StoredModel:
@@ -193,6 +204,10 @@ class StoredModel:
         spec = _checked_spec(folder, doc)
         metrics = doc.get("metrics") or {}
         dataset = metrics.get("dataset")
+        if doc.get("data"):
+            data: DataSource | None = DataSource.from_dict(doc["data"])
+        else:
+            data = DataSource(str(dataset)) if dataset else None
         return cls(
             folder=Path(folder),
             name=str(doc["name"]),
@@ -202,8 +217,16 @@ class StoredModel:
             spec=spec,
             hashes=dict(doc.get("weights", {})),
             metrics=metrics,
-            dataset=str(dataset) if dataset else None,
+            data=data,
         )
+
+    def data_source(self, dataset: str | None = None, data_dir: str | None = None) -> DataSource:
+        """Where to read this model's data: as recorded, overridden by --dataset / --data-dir."""
+        if self.data is None:
+            if dataset is None:
+                raise DdnnError(f"{self.folder}: the dataset is not recorded; pass --dataset")
+            return DataSource.of(dataset, data_dir)
+        return self.data.overridden(dataset, data_dir)
 
     @property
     def parts(self) -> list[str]:

@@ -22,6 +22,7 @@ CALIBRATIONS = ("budget", "fraction", "accuracy")
 class TrainConfig:
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
+    image_size: tuple[int, int] | None = None  # resize every image to (H, W); None: as stored
     optimizer: str = "adam"
     lr: float = 0.001
     momentum: float = 0.9

@@ -17,12 +17,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ddnn.config import to_dict
-from ddnn.data.datasets import Dataset, Split, create_dataset
+from ddnn.data.datasets import Dataset, Split
+from ddnn.data.source import DataSource
 from ddnn.errors import DdnnError
 from ddnn.evaluate.calibrate import calibrate
 from ddnn.evaluate.runner import collect_outputs, evaluate_outputs
 from ddnn.model.hierarchy import HierarchicalModel
-from ddnn.model.views import split_views
+from ddnn.model.inputs import fit_to_data
+from ddnn.model.views import split_views, with_data_presence
 from ddnn.nn.binary import BinaryConv2d, BinaryLinear, clip_latent_weights
 from ddnn.store.artifact import SPEC_FILE, open_model, save_model
 from ddnn.store.durable import STAGING_PREFIX, SaveError, json_bytes, replace_files
@@ -93,11 +95,14 @@ class StepContext:
     has_binary: bool
 
 
-def train_step(ctx: StepContext, x: Tensor, y: Tensor) -> Tensor:
+def train_step(
+    ctx: StepContext, x: Tensor, y: Tensor, data_present: Tensor | None = None
+) -> Tensor:
     """One optimizer step on x [B, C, H, W], y [B]; returns the detached joint loss."""
     spec = ctx.model.spec
     views = split_views(x, spec)  # [B, D, C, h, w]
     present = random_presence(len(x), spec.devices, ctx.device_dropout, ctx.generator)
+    present = with_data_presence(present, data_present)
     logits = ctx.model(views, present)
     loss, _ = joint_loss(logits, y, spec, ctx.maps)
     ctx.optimizer.zero_grad(set_to_none=True)
@@ -115,10 +120,10 @@ def run_epoch(ctx: StepContext, split: Split, batch_size: int, desc: str | None 
     ctx.model.train()
     total = torch.zeros(())
     steps = math.ceil(len(split) / batch_size)
-    batches = split.batches(batch_size, shuffle=True, generator=ctx.generator)
+    batches = split.batches_present(batch_size, shuffle=True, generator=ctx.generator)
     bar = tqdm(batches, total=steps, desc=desc, leave=False, mininterval=1.0, disable=desc is None)
-    for x, y in bar:
-        total += train_step(ctx, x, y)
+    for x, y, present in bar:
+        total += train_step(ctx, x, y, present)
     return float(total) / max(steps, 1)
 
 
@@ -184,9 +189,10 @@ class Trainer:
         self.cfg = experiment.train
         self.run_dir = Path(run_dir)
         self.progress = progress
-        self.data = dataset or create_dataset(
-            self.cfg.dataset, self.cfg.data_dir, self.cfg.seed, self.cfg.val_fraction
+        self.source = DataSource.of(
+            self.cfg.dataset, self.cfg.data_dir, self.cfg.image_size, self.cfg.seed
         )
+        self.data = dataset or self.source.load(self.cfg.val_fraction)
         torch.manual_seed(self.cfg.seed)
         self.parent: str | None = None
         self.version = 1
@@ -196,11 +202,7 @@ class Trainer:
             self.parent = str(Path(init_from).resolve())
             self.version = stored.version + 1
         else:
-            mean, std = self.data.normalization()
-            spec = experiment.model.with_dataset(
-                self.data.num_classes, self.data.input_shape, self.data.class_names, mean, std
-            )
-            self.model = HierarchicalModel(spec)
+            self.model = HierarchicalModel(fit_to_data(experiment.model, self.data))
         self.train_split = self.data.train.head(self.cfg.limit)
         steps = math.ceil(len(self.train_split) / self.cfg.batch_size)
         optimizer = make_optimizer(self.model, self.cfg)
@@ -281,7 +283,7 @@ class Trainer:
             )  # fmt: skip
             if val[final_exit] > self.best:
                 self.best = val[final_exit]
-                save_model(self.model, self.run_dir, self.version, self.parent)
+                save_model(self.model, self.run_dir, self.version, self.parent, data=self.source)
             self._save_state(epoch)  # last: the commit point of the epoch
         return self.finish(before)
 
@@ -316,7 +318,7 @@ class Trainer:
         }
         if before is not None:
             metrics["before_fine_tuning"] = before
-        save_model(best, self.run_dir, self.version, self.parent, metrics)
+        save_model(best, self.run_dir, self.version, self.parent, metrics, data=self.source)
         replace_files(self.run_dir, {REPORT_FILE: json_bytes(metrics)})
         return test
 
