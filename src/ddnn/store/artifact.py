@@ -83,9 +83,9 @@ def save_model(
                 f"{part}.{bad} holds NaN or infinite values: not saving a diverged model to "
                 f"{folder}; train again with a lower learning rate"
             )
-        data = safetensors_bytes(state, meta | {"part": part})
-        files[f"weights/{part}.safetensors"] = data
-        hashes[part] = sha256_hex(data)
+        blob = safetensors_bytes(state, meta | {"part": part})
+        files[f"weights/{part}.safetensors"] = blob
+        hashes[part] = sha256_hex(blob)
     doc = {
         "format": FORMAT,
         "name": model.spec.name,
