@@ -26,6 +26,7 @@ from ddnn import logs
 from ddnn.bench.child import ConfiguredChild
 from ddnn.errors import DdnnError
 from ddnn.runtime.broker import parse_broker_url
+from ddnn.runtime.metric_names import BATCHES, REPLIES, REQUESTS_RECEIVED
 from ddnn.runtime.metrics import Metrics, MetricsServer
 from ddnn.runtime.mqtt import set_nodelay
 from ddnn.runtime.protocol import SERVER_GROUP, parse_request_topic, reply_topic, request_filter
@@ -97,7 +98,7 @@ class FloorResponder:
         self._subscribed.set()
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        self.metrics.inc("requests_received_total", "request messages received")
+        self.metrics.inc(*REQUESTS_RECEIVED)
         try:
             device = parse_request_topic(message.topic)[2]
         except DdnnError:
@@ -108,8 +109,8 @@ class FloorResponder:
             log.warning("a %d-byte message has no request id", len(message.payload))
             return
         client.publish(reply_topic(device), self._head + rid + self._tail, qos=1)
-        self.metrics.inc("replies_total", "replies sent")
-        self.metrics.inc("batches_total", "one per reply: it never batches")
+        self.metrics.inc(*REPLIES)
+        self.metrics.inc(*BATCHES)
 
     def close(self) -> None:
         if self._http is not None:

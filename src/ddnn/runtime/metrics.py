@@ -22,6 +22,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from ddnn.runtime.lifecycle import Service
+from ddnn.runtime.metric_names import PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ LATENCY_BUCKETS_MS = (0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 class Metrics:
     """Counters and histograms keyed by name and label values; thread-safe."""
 
-    def __init__(self, prefix: str = "ddnn") -> None:
+    def __init__(self, prefix: str = PREFIX) -> None:
         self.prefix = prefix
         self._lock = threading.Lock()
         self._counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}

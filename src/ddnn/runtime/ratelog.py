@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from ddnn.runtime.metric_names import LOG_SUPPRESSED
 from ddnn.runtime.metrics import Metrics
 
 
@@ -57,4 +58,4 @@ class RateLimitedLog:
         if seen <= self.burst:
             self.logger.warning(message, *args)
         elif metrics is not None:
-            metrics.inc("log_suppressed_total", "warnings counted but not logged", key=key)
+            metrics.inc(*LOG_SUPPRESSED, key=key)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 
 from ddnn.errors import DdnnError
+from ddnn.runtime.metric_names import ERRORS
 from ddnn.runtime.metrics import Metrics
 from ddnn.runtime.protocol import TOPIC_PREFIX, parse_request_topic, reply_topic
 from ddnn.runtime.ratelog import RateLimitedLog
@@ -52,7 +53,7 @@ def send_error(
 ) -> None:  # fmt: skip
     """ErrorFrame(request_id, code, message) to `device`, which must be the owner of the topic
     the failed message came in on."""
-    metrics.inc("errors_total", "error replies", code=code.name.lower())
+    metrics.inc(*ERRORS, code=code.name.lower())
     warnings.warning(
         code.name.lower(), "request %s from %s: %s", request_id, device, message, metrics=metrics
     )
@@ -76,7 +77,7 @@ def answer_bad_message(
     try:
         _, _, device = parse_request_topic(topic, prefix=prefix)
     except DdnnError:
-        metrics.inc("errors_total", "error replies", code=code.name.lower())
+        metrics.inc(*ERRORS, code=code.name.lower())
         warnings.warning("unanswerable", "unanswerable message on %s: %s", topic, message)
         return
     send_error(transport, metrics, device, readable_request_id(payload), code, message)

@@ -31,6 +31,16 @@ from ddnn.runtime.checks import (
 from ddnn.runtime.config import ServerConfig
 from ddnn.runtime.executor import SectionExecutor
 from ddnn.runtime.lifecycle import Service
+from ddnn.runtime.metric_names import (
+    BATCH_COMPUTE_MS,
+    BATCHES,
+    DUPLICATES_DROPPED,
+    INLINE_REQUESTS,
+    QUEUE_MS,
+    REPLIES,
+    REQUESTS_RECEIVED,
+    WORKER_RESTARTS,
+)
 from ddnn.runtime.metrics import Metrics
 from ddnn.runtime.protocol import model_filter, reply_topic
 from ddnn.runtime.replies import answer_bad_message, publish_quietly, reply_error
@@ -171,12 +181,12 @@ class InferenceServer(Service):
     # -- transport thread: enqueue, or answer a lone request at once -------------------------
 
     def _on_message(self, topic: str, payload: bytes) -> None:
-        self.metrics.inc("requests_received_total", "request messages received")
+        self.metrics.inc(*REQUESTS_RECEIVED)
         now = time.perf_counter()
         item = _Item(topic, payload, now)
         idle_gap, self._last_read = now - self._last_read, now
         if self._lone(idle_gap):
-            self.metrics.inc("inline_requests_total", "lone requests answered without a hand-off")
+            self.metrics.inc(*INLINE_REQUESTS)
             self._run_batch([item])
             self._last_read = time.perf_counter()  # what arrived meanwhile is read at once: load
             return
@@ -208,7 +218,7 @@ class InferenceServer(Service):
                 self._work()
             except Exception:
                 log.exception("server worker crashed; restarting it")
-                self.metrics.inc("worker_restarts_total", "worker loops restarted after a crash")
+                self.metrics.inc(*WORKER_RESTARTS)
                 self._stop.wait(0.1)  # a bug that fires on every message must not spin a core
 
     def _work(self) -> None:
@@ -267,7 +277,7 @@ class InferenceServer(Service):
             self._error(item.topic, item.payload, exc.status, str(exc))
             return None
         if self._duplicate(frame):
-            self.metrics.inc("duplicates_dropped_total", "re-delivered requests dropped")
+            self.metrics.inc(*DUPLICATES_DROPPED)
             return None
         try:
             shape = self.db.input_shape(frame.model, frame.model_version, frame.section)
@@ -288,8 +298,8 @@ class InferenceServer(Service):
         answers = executor.run(section, x, present)
         done = time.perf_counter()
         compute_ms = (done - start) * 1000
-        self.metrics.observe("batch_compute_ms", compute_ms, "compute time per batch")
-        self.metrics.inc("batches_total", "batches run")
+        self.metrics.observe(BATCH_COMPUTE_MS.name, compute_ms, BATCH_COMPUTE_MS.help)
+        self.metrics.inc(*BATCHES)
         waits = [(start - job.arrived) * 1000 for job in jobs]
         sent = 0
         try:
@@ -305,10 +315,8 @@ class InferenceServer(Service):
                 self._publish(reply_topic(job.request.device_id), reply)
                 sent += 1
         finally:  # one lock for the batch, and only what was answered
-            self.metrics.observe_many(
-                "queue_ms", waits[:sent], "time a request waited before compute"
-            )
-            self.metrics.inc("replies_total", "replies sent", value=sent, status="ok")
+            self.metrics.observe_many(QUEUE_MS.name, waits[:sent], QUEUE_MS.help)
+            self.metrics.inc(*REPLIES, value=sent, status="ok")
 
     # -- replies -----------------------------------------------------------------------------
 

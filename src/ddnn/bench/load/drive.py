@@ -17,6 +17,7 @@ from ddnn.bench.load.generator import (
     OpenLoopPart,
 )
 from ddnn.bench.load.measure import cpu_seconds, drain, machine_cpu, rss_mb, server_counters
+from ddnn.runtime.metric_names import BATCHES, REPLIES, MetricName, exposed
 
 GENERATOR_START_S = 0.5  # head start between "go" and the first scheduled send
 
@@ -82,13 +83,13 @@ class Drive:
 
     @property
     def mean_batch(self) -> float:
-        replies = self.delta.get("ddnn_replies_total", 0.0)
-        return replies / max(self.delta.get("ddnn_batches_total", 0.0), 1.0)
+        replies = self.delta.get(exposed(REPLIES), 0.0)
+        return replies / max(self.delta.get(exposed(BATCHES), 0.0), 1.0)
 
-    def mean(self, name: str) -> float | None:
+    def mean(self, name: MetricName) -> float | None:
         """Mean of a server histogram over this step; None when it has no samples."""
-        n = self.delta.get(f"ddnn_{name}_count", 0.0)
-        return self.delta.get(f"ddnn_{name}_sum", 0.0) / n if n else None
+        n = self.delta.get(exposed(name, "_count"), 0.0)
+        return self.delta.get(exposed(name, "_sum"), 0.0) / n if n else None
 
 
 def drive(

@@ -11,6 +11,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ddnn.errors import DdnnError
+from ddnn.runtime.metric_names import (
+    DUPLICATES_DROPPED,
+    ERRORS,
+    REPLIES,
+    REQUESTS_RECEIVED,
+    exposed,
+)
 from ddnn.runtime.metrics import parse_samples
 
 log = logging.getLogger(__name__)
@@ -63,7 +70,7 @@ def server_counters(ports: Sequence[int]) -> dict[str, float]:
             samples = parse_samples(resp.read().decode())
         for key, value in samples.items():
             name = key.split("{", 1)[0]
-            if "{" in key and name == "ddnn_errors_total":
+            if "{" in key and name == exposed(ERRORS):
                 code = key.split('code="', 1)[1].split('"', 1)[0]
                 out[f"errors_{code}"] = out.get(f"errors_{code}", 0.0) + value
             out[name] = out.get(name, 0.0) + value
@@ -72,9 +79,9 @@ def server_counters(ports: Sequence[int]) -> dict[str, float]:
 
 def _processed(c: dict[str, float]) -> float:
     return (
-        c.get("ddnn_replies_total", 0.0)
-        + c.get("ddnn_errors_total", 0.0)
-        + c.get("ddnn_duplicates_dropped_total", 0.0)
+        c.get(exposed(REPLIES), 0.0)
+        + c.get(exposed(ERRORS), 0.0)
+        + c.get(exposed(DUPLICATES_DROPPED), 0.0)
     )
 
 
@@ -87,8 +94,8 @@ def drain(ports: Sequence[int], timeout: float) -> dict[str, float]:
     while True:
         time.sleep(0.3)
         c = server_counters(ports)
-        received = c.get("ddnn_requests_received_total", 0.0)
-        settled = received == last.get("ddnn_requests_received_total", 0.0)
+        received = c.get(exposed(REQUESTS_RECEIVED), 0.0)
+        settled = received == last.get(exposed(REQUESTS_RECEIVED), 0.0)
         if settled and _processed(c) >= received:
             return c
         if time.monotonic() > end:

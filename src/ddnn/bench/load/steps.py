@@ -11,6 +11,7 @@ from typing import Any, cast
 from ddnn.bench.load.drive import CpuShares, RssRange, Target, drive
 from ddnn.bench.load.generator import ClosedLoopPart, OpenLoopPart
 from ddnn.errors import DdnnError
+from ddnn.runtime.metric_names import BATCH_COMPUTE_MS, QUEUE_MS, REQUESTS_RECEIVED, exposed
 from ddnn.stats import percentile
 
 HELD_SEND_FRACTION = 0.95  # a step offered less than this share of its rate: generator-bound
@@ -131,11 +132,11 @@ def run_step(
         send_lag_p99_ms=_rank(lag, 99),
         generators=len(parts),
         mean_batch=run.mean_batch,
-        server_queue_ms_mean=run.mean("queue_ms"),
-        server_batch_compute_ms_mean=run.mean("batch_compute_ms"),
+        server_queue_ms_mean=run.mean(QUEUE_MS),
+        server_batch_compute_ms_mean=run.mean(BATCH_COMPUTE_MS),
         cpu=run.cpu,
         server_rss_mb=run.rss,
-        server_received=server.get("ddnn_requests_received_total", 0.0),
+        server_received=server.get(exposed(REQUESTS_RECEIVED), 0.0),
         server_counters=server,
     )
     return replace(step, verdict=verdict(step, deadline_ms))

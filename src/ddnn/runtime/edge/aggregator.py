@@ -39,6 +39,15 @@ from ddnn.runtime.edge.frames import (
 )
 from ddnn.runtime.executor import Answer
 from ddnn.runtime.lifecycle import Service
+from ddnn.runtime.metric_names import (
+    FEATURES_ASKED,
+    FEATURES_INCOMPLETE,
+    FRAMES_ANSWERED,
+    FRAMES_INCOMPLETE,
+    LATE_DEVICE_REPORTS,
+    REQUESTS_RECEIVED,
+    UPSTREAM_FAILURES,
+)
 from ddnn.runtime.metrics import Metrics
 from ddnn.runtime.protocol import (
     EDGE_PREFIX,
@@ -181,7 +190,7 @@ class EdgeAggregator(Service):
                 log.exception("edge failed on a message")
 
     def _admit(self, message: _Message) -> None:
-        self.metrics.inc("requests_received_total", "device messages received")
+        self.metrics.inc(*REQUESTS_RECEIVED)
         topic, payload = message.topic, message.payload
         try:
             request = read_request(topic, payload, prefix=EDGE_PREFIX)
@@ -209,28 +218,24 @@ class EdgeAggregator(Service):
         for action in actions:
             if isinstance(action, Fuse):
                 if action.timed_out:
-                    self.metrics.inc("frames_incomplete_total", "frames fused without every device")
+                    self.metrics.inc(*FRAMES_INCOMPLETE)
                 local = self.compute.fuse(action.frame.requests)
                 self._run(self.table.fused(action.frame, local, time.perf_counter()))
             elif isinstance(action, AskFeatures):
-                self.metrics.inc("features_asked_total", "devices asked for their features")
+                self.metrics.inc(*FEATURES_ASKED)
                 for request, arrived in action.asks:
                     ask = ask_features(action.frame, request, arrived)
                     self._publish(request, ask)
             elif isinstance(action, Escalate):
                 if action.timed_out is Phase.COLLECTING_SCORES:
-                    self.metrics.inc("frames_incomplete_total", "frames fused without every device")
+                    self.metrics.inc(*FRAMES_INCOMPLETE)
                 elif action.timed_out is Phase.AWAITING_FEATURES:
-                    self.metrics.inc(
-                        "features_incomplete_total", "frames sent on without all features"
-                    )
+                    self.metrics.inc(*FEATURES_INCOMPLETE)
                 self._escalate(action.frame)
             elif isinstance(action, Respond):
                 self._respond(action)
             elif isinstance(action, Late):
-                self.metrics.inc(
-                    "late_device_reports_total", "reports after their frame was dispatched"
-                )
+                self.metrics.inc(*LATE_DEVICE_REPORTS)
             elif isinstance(action, Reject):
                 error = action.error
                 reply_error(self.transport, self.metrics, action.request, error.status, str(error))
@@ -267,7 +272,7 @@ class EdgeAggregator(Service):
             self._publish(request, answer(frame, request, arrived, late=action.late))
         if not action.late:
             exit_index = str(outcome.answer.exit_index)
-            self.metrics.inc("frames_answered_total", "frames answered", exit=exit_index)
+            self.metrics.inc(*FRAMES_ANSWERED, exit=exit_index)
 
     def _publish(self, request: Request, reply: Reply) -> None:
         publish_quietly(self.transport, reply_topic(request.device_id), encode_frame(reply))
@@ -303,7 +308,7 @@ class EdgeAggregator(Service):
             self._settle(frame, Outcome(ans, result.edge_done, upstream=reply))
             return
         why = reply.message if isinstance(reply, ErrorFrame) else "server did not answer in time"
-        self.metrics.inc("upstream_failures_total", "forwards without a server answer")
+        self.metrics.inc(*UPSTREAM_FAILURES)
         log.info("frame %d: %s; answering from the edge", frame.frame_id, why)
         degraded = result.fallback is not None  # server-only has nothing local to fall back on
         self._settle(frame, Outcome(result.fallback, result.edge_done, degraded, error=why))
