@@ -129,3 +129,22 @@ def test_a_filter_subscribed_while_tagging_starts_still_gets_each_message_once(
     finally:
         sub.close()
         pub.close()
+
+
+def test_a_request_nobody_subscribes_to_is_counted_and_named_once(
+    broker: MosquittoBroker, inbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    """issue 15: a request for a model no server serves got no answer and no word; the broker's
+    PUBACK says 'No matching subscribers' (16), which the transport now counts and names."""
+    with create_transport(broker.url) as t, caplog.at_level("WARNING", "ddnn.runtime.mqtt"):
+        for _ in range(3):
+            t.publish("dd/q/nosuchmodel/1/dev0", b"x")
+        t.subscribe("dd/q/served/+/+", inbox)
+        t.publish("dd/q/served/1/dev0", b"y")
+        assert inbox.get() == ("dd/q/served/1/dev0", b"y")
+        deadline = time.monotonic() + 5
+        while t.stats["publishes_unrouted"] < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert t.stats["publishes_unrouted"] == 3 and t.stats["publishes_refused"] == 0
+    warned = [r.getMessage() for r in caplog.records if "no subscriber" in r.getMessage()]
+    assert len(warned) == 1 and "dd/q/nosuchmodel/1/dev0" in warned[0]

@@ -290,6 +290,13 @@ def cmd_device(args: argparse.Namespace) -> int:
                         print(json.dumps(rec), flush=True)
                 misses = client.deadline_misses
         finally:
+            unrouted = transport.stats.get("publishes_unrouted", 0)
+            if unrouted:
+                print(
+                    f"{unrouted} request(s) from {device_id} reached no subscriber: no server or "
+                    "edge serves this model on that broker (start `ddnn serve` with it)",
+                    file=sys.stderr,
+                )
             refused = transport.stats.get("publishes_refused", 0)
             if refused:
                 print(

@@ -45,7 +45,11 @@ logger = logging.getLogger(__name__)
 
 QOS = 1
 _HINT = "start one with `ddnn broker`, or pass --broker mqtt://host:port"
-STATS = ("connects", "connection_losses", "publishes_refused", "subscriptions_refused")
+STATS = (
+    "connects", "connection_losses", "publishes_refused", "publishes_unrouted",
+    "subscriptions_refused",
+)  # fmt: skip
+_NO_MATCHING_SUBSCRIBERS = 16  # MQTT v5 PUBACK reason: nobody subscribes to the topic
 _RECENT = 1024  # publishes remembered to name the topic of a refused one
 _ROUTES = 4096  # topics whose handlers are remembered
 _ROUTE_TOPIC_MAX = 256  # longer topics are matched every time: the cache stays small
@@ -414,7 +418,18 @@ class MqttTransport(Transport):
         reason: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        """PUBACK: a failure code (e.g. 135 Not authorized from an ACL) must be visible."""
+        """PUBACK: a failure code (e.g. 135 Not authorized from an ACL) must be visible, and so
+        must code 16, No matching subscribers: a request nobody will answer (no server or edge
+        serves that model), which otherwise only shows as a deadline passing."""
+        if reason.value == _NO_MATCHING_SUBSCRIBERS:
+            self._stats["publishes_unrouted"] += 1
+            if self._stats["publishes_unrouted"] == 1:  # once: every later request says the same
+                logger.warning(
+                    "%s has no subscriber for %r: no server (or edge) serves it, so nothing will "
+                    "answer; check the model name and that `ddnn serve` runs with this model",
+                    self.url, self._recent.get(mid, "(unknown topic)"),
+                )  # fmt: skip
+            return
         if not reason.is_failure:
             return
         self._stats["publishes_refused"] += 1
