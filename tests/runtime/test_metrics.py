@@ -54,7 +54,7 @@ def test_parsing_follows_the_exposition_format():
 def test_the_endpoint_serves_metrics_health_and_nothing_else():
     metrics, healthy = Metrics(), [True]
     metrics.inc("batches_total", "batches run")
-    http = MetricsServer(metrics, lambda: healthy[0])
+    http = MetricsServer(metrics, lambda: healthy[0]).start()
     base = f"http://127.0.0.1:{http.port}"
     try:
         with urllib.request.urlopen(f"{base}/metrics", timeout=5) as resp:

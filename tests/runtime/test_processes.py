@@ -153,7 +153,8 @@ def test_dead_server_means_degraded_local_answers(tiny_ddnn, hub, tmp_path):
 
 
 def test_a_device_without_a_server_says_so_once_and_counts_the_misses(tiny_ddnn, hub, caplog):
-    device = DeviceClient(hub(), tiny_ddnn, "dev0", mode="server-only", deadline_ms=50)
+    config = DeviceConfig(device_id="dev0", mode="server-only", deadline_ms=50)
+    device = DeviceClient(hub(), tiny_ddnn, config).start()
     try:
         x, _ = samples(3)
         with caplog.at_level(logging.WARNING, logger="ddnn.runtime.device"):
