@@ -595,7 +595,7 @@ def test_abuse_costs_a_server_nothing_lasting(tiny_ddnn, tmp_path):
     with MosquittoBroker(max_packet_size=16 << 20) as broker:
         server = serve("server", tiny_ddnn, broker.url, tmp_path, ServerConfig(workers=1))
         big = MqttTransport.from_url(broker.url, max_packet_size=16 << 20)
-        requester = Requester(big, "abuser")
+        requester = Requester(big, "abuser").start()
         floods: list[MqttTransport] = []
         try:
             server.wait_ready(READY_S)
