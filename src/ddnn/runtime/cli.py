@@ -237,7 +237,7 @@ def _read_image(path: str, spec: Any) -> Any:
         raise DdnnError(f"{path}: not a readable image ({exc})") from exc
     if img.size != (w, h):
         raise DdnnError(f"{path}: image is {img.size[1]}x{img.size[0]}, the model takes {h}x{w}")
-    arr = np.asarray(img, dtype=np.uint8)
+    arr = np.array(img, dtype=np.uint8)  # a copy: torch refuses read-only arrays
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
