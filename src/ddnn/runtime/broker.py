@@ -18,12 +18,12 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Self
 from urllib.parse import urlsplit
 
 from ddnn.errors import DdnnError
 from ddnn.net import LOOPBACK, free_port
+from ddnn.runtime.lifecycle import Service
 from ddnn.runtime.transport import DEFAULT_MAX_PACKET_SIZE
 
 if TYPE_CHECKING:
@@ -112,7 +112,7 @@ def _reap(proc: subprocess.Popen[bytes], timeout: float) -> None:
     proc.wait()
 
 
-class MosquittoBroker:
+class MosquittoBroker(Service):
     """A mosquitto process on 127.0.0.1:<port>, stopped and cleaned up on exit.
 
     >>> with MosquittoBroker() as broker:
@@ -291,21 +291,6 @@ class MosquittoBroker:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"MosquittoBroker({self.url}, {'running' if self.running else 'stopped'})"

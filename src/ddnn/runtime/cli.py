@@ -290,20 +290,15 @@ def cmd_device(args: argparse.Namespace) -> int:
                         print(json.dumps(rec), flush=True)
                 misses = client.deadline_misses
         finally:
-            unrouted = transport.stats.get("publishes_unrouted", 0)
-            if unrouted:
-                print(
-                    f"{unrouted} request(s) from {device_id} reached no subscriber: no server or "
-                    "edge serves this model on that broker (start `ddnn serve` with it)",
-                    file=sys.stderr,
-                )
-            refused = transport.stats.get("publishes_refused", 0)
-            if refused:
-                print(
-                    f"the broker refused {refused} publish(es) from {device_id}: this identity may "
-                    "not publish there (the device id must match the access file's username)",
-                    file=sys.stderr,
-                )
+            for stat, what in (
+                ("publishes_unrouted", "reached no subscriber: no server or edge serves this "
+                 "model on that broker (start `ddnn serve` with it)"),
+                ("publishes_refused", "were refused by the broker: this identity may not "
+                 "publish there (the device id must match the access file's username)"),
+            ):  # fmt: skip
+                if transport.stats.get(stat, 0):
+                    count = transport.stats[stat]
+                    print(f"{count} request(s) from {device_id} {what}", file=sys.stderr)
     if not args.images and not feed.records:
         summary = {**summarize(records), "deadline_misses": misses, "mqtt": transport.stats}
         print(json.dumps(summary, indent=2))
