@@ -109,11 +109,8 @@ def test_device_plus_server_degrades_instead_of_losing(tiny_ddnn, broker):
     spec = read_spec(tiny_ddnn)
     xs, _ = views(10, spec)
     transport = MqttTransport.from_url(broker.url)
-    device = DeviceClient(
-        transport, tiny_ddnn, DeviceConfig(device_id="dev0", deadline_ms=200)
-    ).start()
-    engine_model = device.engine.model
-    engine_model.spec = engine_model.spec.with_thresholds({"device": 0.0})  # all go up
+    config = DeviceConfig(device_id="dev0", deadline_ms=200, thresholds=(0.0,))  # all go up
+    device = DeviceClient(transport, tiny_ddnn, config).start()
     try:
         records = [device.infer(x, i) for i, x in enumerate(xs)]
     finally:

@@ -362,7 +362,7 @@ def register(sub: Any) -> None:
     p.add_argument("run_dir")
     add_flags(p, DeviceConfig, "device_id", "index")
     _add_broker_option(p)
-    add_flags(p, DeviceConfig, "engine", "mode", "deadline_ms")
+    add_flags(p, DeviceConfig, "engine", "mode", "deadline_ms", "thresholds", "latency_budget_ms")
     p.add_argument("--images", nargs="*", help="image files instead of the test split")
     p.add_argument("--dataset")
     p.add_argument("--data-dir")

@@ -67,11 +67,23 @@ def _split(text: str) -> tuple[str, ...] | None:
     return tuple(part for part in text.split(",") if part) or None
 
 
+def _split_floats(text: str) -> tuple[float, ...] | None:
+    """`0.3,0.6` -> (0.3, 0.6)."""
+    parts = _split(text)
+    try:
+        return None if parts is None else tuple(float(p) for p in parts)
+    except ValueError:
+        what = f"{text!r} is not a comma-separated list of numbers"
+        raise argparse.ArgumentTypeError(what) from None
+
+
 def _parser_type(hint: Any) -> Any:
-    """int | None -> int; tuple[str, ...] -> comma-separated."""
+    """int | None -> int; tuple[str, ...] or tuple[float, ...] -> comma-separated."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    return _split if typing.get_origin(hint) is tuple else hint
+    if typing.get_origin(hint) is tuple:
+        return _split_floats if typing.get_args(hint)[0] is float else _split
+    return hint
 
 
 def add_flags(parser: argparse.ArgumentParser, cls: type, *names: str) -> None:
@@ -111,7 +123,7 @@ def to_argv(config: Any) -> list[str]:
         if isinstance(f.default, bool):
             argv += [_option(f)] if value != f.default else []
         elif value is not None:
-            text = ",".join(value) if isinstance(value, tuple) else str(value)
+            text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
             argv += [_option(f), text]
     return argv
 
@@ -123,6 +135,25 @@ _IDS = f"identifiers ({IDENTIFIER_RULE})"
 def _is_id(value: object) -> bool:
     """Ids name MQTT topic levels: an id with '#', '+' or '/' would widen or break them."""
     return isinstance(value, str) and IDENTIFIER.fullmatch(value) is not None
+
+
+def _check_thresholds(values: tuple[float, ...] | None) -> None:
+    """--threshold in [0, 1]; how many the model needs is checked where it is loaded
+    (`executor.exit_thresholds`)."""
+    if values is None:
+        return
+    from ddnn.evaluate.policy import check_threshold  # here: it loads torch, --help need not
+
+    if not values:
+        raise DdnnError("--threshold needs a value, or one per early exit (comma-separated)")
+    for t in values:
+        check_threshold(t, "--threshold")
+
+
+_THRESHOLDS_HELP = (
+    "exit threshold(s) overriding the calibrated ones: one for every early exit, or one per "
+    "early exit, comma-separated (0: always offload, 1: exit unless uniform)"
+)
 
 
 def _require(config: Any, name: str, ok: bool, what: str) -> None:
@@ -179,8 +210,10 @@ class EdgeConfig:
     upstream_deadline_ms: float = flag(
         DEFAULT_DEADLINE_MS, "how long a forward waits for the server"
     )
+    thresholds: tuple[float, ...] | None = flag(None, _THRESHOLDS_HELP, name="--threshold")
 
     def __post_init__(self) -> None:
+        _check_thresholds(self.thresholds)
         ids = self.device_ids
         _require(self, "device_ids", ids is None or (bool(ids) and all(map(_is_id, ids))), _IDS)
         _require(self, "identity", _is_id(self.identity), _ID)
@@ -208,8 +241,17 @@ class DeviceConfig:
     deadline_ms: float = flag(
         DEFAULT_DEADLINE_MS, "how long a sample waits upstream before the local answer is used"
     )
+    thresholds: tuple[float, ...] | None = flag(None, _THRESHOLDS_HELP, name="--threshold")
+    latency_budget_ms: float | None = flag(
+        None,
+        "raise the local exit threshold while offloaded samples' p95 latency exceeds this, "
+        "back toward the calibrated one when they recover (default: fixed threshold)",
+    )
 
     def __post_init__(self) -> None:
+        _check_thresholds(self.thresholds)
+        budget = self.latency_budget_ms
+        _require(self, "latency_budget_ms", budget is None or budget > 0, "positive")
         _require(self, "device_id", _is_id(self.device_id), _ID)
         _require(self, "index", self.index >= 0, "0 or more")
         _require(self, "mode", self.mode in MODES, f"one of {', '.join(MODES)}")
@@ -249,8 +291,13 @@ class DeploymentConfig:
     secure: bool = flag(
         False, "its own broker with passwords, ACL and TLS; each process its own identity"
     )
+    thresholds: tuple[float, ...] | None = flag(None, _THRESHOLDS_HELP, name="--threshold")
+    latency_budget_ms: float | None = flag(None, "the devices' latency budget (see ddnn device)")
 
     def __post_init__(self) -> None:
+        _check_thresholds(self.thresholds)
+        budget = self.latency_budget_ms
+        _require(self, "latency_budget_ms", budget is None or budget > 0, "positive")
         _require(self, "devices", self.devices is None or self.devices >= 1, "at least 1")
         _require(self, "samples", self.samples >= 1, "at least 1")
         _require(self, "rate", self.rate >= 0, "0 or more")

@@ -15,9 +15,10 @@ import numpy as np
 from ddnn.errors import DdnnError
 from ddnn.export.engines import DeviceEngine, create_engine
 from ddnn.model.outputs import OTHER
+from ddnn.runtime.adaptive import BudgetController
 from ddnn.runtime.client import Requester
 from ddnn.runtime.config import DeviceConfig
-from ddnn.runtime.executor import Answer, decide
+from ddnn.runtime.executor import Answer, decide, exit_thresholds
 from ddnn.runtime.lifecycle import Service
 from ddnn.runtime.protocol import DEVICE_SERVER, EDGE_PREFIX, TOPIC_PREFIX, request_topic
 from ddnn.runtime.transport import Transport
@@ -56,6 +57,7 @@ class Record:
     label: int = -1
     missing: list[str] = field(default_factory=list)
     message: str = ""
+    threshold: float | None = None  # the local exit's threshold for this sample (None: no exit)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,6 +69,7 @@ class DeviceClient(Service):
     `with`) subscribes to its replies, `close()` drops them and the engine."""
 
     deadline_misses = 0  # offloads with no answer by the deadline (counted in _fallback)
+    _shed = False  # the last offload was answered OVERLOADED (for the budget controller)
     _silence_reported = False  # warned about an upstream that does not answer
 
     def __init__(
@@ -91,6 +94,17 @@ class DeviceClient(Service):
         self.engine: DeviceEngine | None = None
         if spec.device_section is not None and config.mode == DEVICE_SERVER:
             self.engine = engine or create_engine(config.engine, run_dir, config.index)
+        # the local exit's threshold: --threshold or the calibrated one; None when it is final
+        local_exit = spec.exit_sections[0].name
+        self.threshold = exit_thresholds(spec, config.thresholds).get(local_exit)
+        self.controller: BudgetController | None = None
+        if config.latency_budget_ms is not None:
+            if self.engine is None or self.threshold is None:
+                raise DdnnError(
+                    "--latency-budget-ms adapts the device's local exit: this device has none "
+                    "(server-only mode, or a model whose device section is its final exit)"
+                )
+            self.controller = BudgetController(self.threshold, config.latency_budget_ms)
         self.requester = Requester(transport, config.device_id)
         self._closed = False
 
@@ -127,13 +141,20 @@ class DeviceClient(Service):
         else:
             rec = self._device_first(view, frame_id, t0)
         rec.label = label
+        rec.threshold = self.threshold if self.engine is not None else None
+        if self.controller is not None:  # the next sample's threshold
+            shed, self._shed = self._shed, False
+            total = rec.total_ms if rec.offloaded else None
+            self.threshold = self.controller.observe(
+                time.perf_counter(), rec.device_ms, total, overloaded=shed
+            )
         return rec
 
     def _device_first(self, view: np.ndarray, frame_id: int, t0: float) -> Record:
         assert self.engine is not None
         logits, feats = self.engine.run(view[None])  # [1, C_exit], packed [1, n] or [1, ...]
         model = self.engine.model
-        local = decide(model, 0, logits)[0]
+        local = decide(model, 0, logits, self.threshold)[0]
         device_ms = (time.perf_counter() - t0) * 1000
         if not self.multi and local.confident:
             return Record(
@@ -192,6 +213,7 @@ class DeviceClient(Service):
             )  # fmt: skip
         self._silence_reported = False  # an answer came: warn again if upstream falls silent
         if isinstance(answer, ErrorFrame):
+            self._shed = answer.code is Status.OVERLOADED
             return self._fallback(
                 frame_id, t0, device_ms, local, f"{answer.code.name}: {answer.message}",
                 frame_bytes, packet_bytes, status_if_none="error",

@@ -3,15 +3,17 @@ the evaluation does. Used by the server (and the edge for its own section)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ddnn.errors import DdnnError
-from ddnn.evaluate.policy import confident, exit_predictions
+from ddnn.evaluate.policy import check_threshold, confident, exit_predictions
 from ddnn.model.hierarchy import HierarchicalModel
 from ddnn.model.outputs import class_map
+from ddnn.model.spec import ModelSpec
 from ddnn.nn.entropy import normalized_entropy_np
 
 
@@ -23,15 +25,38 @@ class Answer:
     confident: bool  # the exit's threshold was met (always True at the final exit)
 
 
-def decide(model: HierarchicalModel, exit_index: int, logits: np.ndarray) -> list[Answer]:
-    """Exit `exit_index`'s decision for each row of logits [B, C_exit]."""
+def exit_thresholds(spec: ModelSpec, given: Sequence[float] | None) -> dict[str, float]:
+    """The early exits' thresholds (section name -> T): the calibrated ones in the spec, or
+    `given` (--threshold: one for every early exit, or one per early exit) in their place."""
+    stored = spec.thresholds
+    if given is None:
+        return stored
+    values = [check_threshold(float(t), "--threshold") for t in given]
+    if len(values) == 1:
+        values *= len(stored)
+    if len(values) != len(stored):
+        names = ", ".join(stored) or "none"
+        raise DdnnError(
+            f"--threshold: model {spec.name} has {len(stored)} early exit(s) ({names}; the final "
+            f"exit always answers): give one value or {len(stored)}, got {len(given)}"
+        )
+    return dict(zip(stored, values, strict=True))
+
+
+def decide(
+    model: HierarchicalModel, exit_index: int, logits: np.ndarray, threshold: float | None = None
+) -> list[Answer]:
+    """Exit `exit_index`'s decision for each row of logits [B, C_exit]; `threshold` overrides
+    the exit's calibrated one (ignored at the final exit, which always answers)."""
     exits = model.spec.exit_sections
     section = exits[exit_index]
     assert section.exit is not None
     preds = exit_predictions(logits, class_map(model, section.name))  # [B]
     ents = normalized_entropy_np(logits)  # [B]
     final = exit_index == len(exits) - 1
-    ok = np.ones(len(preds), bool) if final else confident(ents, preds, section.exit.threshold)
+    if threshold is None:
+        threshold = section.exit.threshold
+    ok = np.ones(len(preds), bool) if final else confident(ents, preds, threshold)
     return [
         Answer(int(p), exit_index, float(e), bool(c))
         for p, e, c in zip(preds, ents, ok, strict=True)
@@ -39,11 +64,15 @@ def decide(model: HierarchicalModel, exit_index: int, logits: np.ndarray) -> lis
 
 
 class SectionExecutor:
-    """The upper sections of one model, callable from any section index."""
+    """The upper sections of one model, callable from any section index. `thresholds`
+    (section name -> T, from `exit_thresholds`) override the calibrated exit thresholds."""
 
-    def __init__(self, model: HierarchicalModel) -> None:
+    def __init__(
+        self, model: HierarchicalModel, thresholds: Mapping[str, float] | None = None
+    ) -> None:
         self.model = model.eval()
         self.spec = model.spec
+        self.thresholds = dict(thresholds or {})
         self._exit_of = {s.name: i for i, s in enumerate(self.spec.exit_sections)}
         self._shapes: dict[int, tuple[int, ...]] = {}  # asked for on every request
 
@@ -97,7 +126,9 @@ class SectionExecutor:
             feats = out.features
             if out.logits is None:
                 continue
-            for i, ans in enumerate(decide(self.model, self._exit_of[s.name], out.logits.numpy())):
+            t = self.thresholds.get(s.name)
+            decided = decide(self.model, self._exit_of[s.name], out.logits.numpy(), t)
+            for i, ans in enumerate(decided):
                 if answers[i] is None and ans.confident:
                     answers[i] = ans
         assert all(a is not None for a in answers)

@@ -108,4 +108,10 @@ def report_markdown(report: dict[str, Any]) -> str:
                 pair(t["total"]), c["bytes_per_sample"], c["lost"], c["degraded"],
             ]
         )  # fmt: skip
-    return markdown_table(headers, rows)
+    table = markdown_table(headers, rows)
+    if not report.get("thresholds"):
+        return table
+    given = ", ".join(f"{k} {v:g}" for k, v in report["thresholds"].items())
+    budget = report.get("latency_budget_ms")
+    adaptive = f"; devices adapt the local one to a {budget:g} ms budget" if budget else ""
+    return f"exit thresholds ({report['threshold_source']}): {given}{adaptive}\n\n{table}"

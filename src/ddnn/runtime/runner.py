@@ -13,9 +13,17 @@ from typing import Any
 
 from ddnn.errors import DdnnError
 from ddnn.runtime.broker import MosquittoBroker
-from ddnn.runtime.config import DeploymentConfig, DeviceConfig, ServerConfig, StreamConfig, to_argv
+from ddnn.runtime.config import (
+    DeploymentConfig,
+    DeviceConfig,
+    EdgeConfig,
+    ServerConfig,
+    StreamConfig,
+    to_argv,
+)
+from ddnn.runtime.executor import exit_thresholds
 from ddnn.runtime.processes import Process
-from ddnn.runtime.protocol import EDGE_IDENTITY, SERVER_IDENTITY, default_device_ids
+from ddnn.runtime.protocol import DEVICE_SERVER, EDGE_IDENTITY, SERVER_IDENTITY, default_device_ids
 from ddnn.runtime.report import report_markdown, summarize
 from ddnn.runtime.security import provision
 from ddnn.store.artifact import open_model
@@ -53,6 +61,9 @@ def run_deployment(
         "model": spec.name, "version": stored.version, "devices": n,
         "samples_requested": config.samples, "rate_per_device": config.rate,
         "engine": config.engine, "workers": config.workers, "secure": config.secure,
+        "thresholds": exit_thresholds(spec, config.thresholds),
+        "threshold_source": "calibrated" if config.thresholds is None else "--threshold",
+        "latency_budget_ms": config.latency_budget_ms,
         "configurations": {},
     }  # fmt: skip
     device_ids = default_device_ids(n)
@@ -71,7 +82,9 @@ def run_deployment(
         tiers = [Process("server", serve, logs, True)]
         stack.callback(tiers[0].stop)
         if needs_edge(run_dir):
-            edge = Process("edge", ["edge", run, *connect(EDGE_IDENTITY)], logs, True)
+            edge_config = EdgeConfig(thresholds=config.thresholds)
+            edge_argv = ["edge", run, *connect(EDGE_IDENTITY), *to_argv(edge_config)]
+            edge = Process("edge", edge_argv, logs, True)
             stack.callback(edge.stop)
             tiers.append(edge)
         for tier in tiers:
@@ -110,6 +123,8 @@ def _stream(
             engine=config.engine,
             mode=mode,
             deadline_ms=config.deadline_ms,
+            thresholds=config.thresholds,
+            latency_budget_ms=config.latency_budget_ms if mode == DEVICE_SERVER else None,
         )
         feed = StreamConfig(
             samples=config.samples,

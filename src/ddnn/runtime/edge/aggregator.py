@@ -37,7 +37,7 @@ from ddnn.runtime.edge.frames import (
     Reject,
     Respond,
 )
-from ddnn.runtime.executor import Answer
+from ddnn.runtime.executor import Answer, exit_thresholds
 from ddnn.runtime.lifecycle import Service
 from ddnn.runtime.metric_names import (
     FEATURES_ASKED,
@@ -114,7 +114,7 @@ class EdgeAggregator(Service):
                 f"model {self.model_name} has one device and no edge section: devices talk to "
                 "the server directly, no edge is needed"
             )
-        self.compute = EdgeCompute(self.model)
+        self.compute = EdgeCompute(self.model, exit_thresholds(self.spec, config.thresholds))
         self.device_ids = list(config.device_ids or default_device_ids(self.spec.devices))
         if len(self.device_ids) != self.spec.devices:
             raise DdnnError(f"{len(self.device_ids)} device ids for {self.spec.devices} devices")

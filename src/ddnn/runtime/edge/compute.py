@@ -54,10 +54,14 @@ class EdgeCompute:
     """One model's edge work: the local aggregator (fused device exits), the edge section and
     exit when the model has one, and the encoding of what it forwards."""
 
-    def __init__(self, model: HierarchicalModel) -> None:
+    def __init__(
+        self, model: HierarchicalModel, thresholds: Mapping[str, float] | None = None
+    ) -> None:
+        """`thresholds`: section name -> T overriding the calibrated exits (--threshold)."""
         self.model = model
         self.spec = model.spec
-        self.executor = SectionExecutor(model)
+        self.executor = SectionExecutor(model, thresholds)
+        self.thresholds = self.executor.thresholds
         self.binary_features = binary_output(model.devices[0])  # type: ignore[arg-type]
 
     @property
@@ -76,7 +80,7 @@ class EdgeCompute:
             fused = self.model.fuse_device_exits(
                 torch.from_numpy(scores)[None], torch.from_numpy(present)[None]
             ).numpy()  # [1, C]
-        return decide(self.model, 0, fused)[0]
+        return decide(self.model, 0, fused, self.thresholds.get(self.spec.sections[0].name))[0]
 
     def views(self, requests: Mapping[int, Report], section: int) -> tuple[np.ndarray, np.ndarray]:
         """The devices' 'x' for `section` [D, *row] and who sent it [D]."""
@@ -93,7 +97,7 @@ class EdgeCompute:
                 edge.name, torch.from_numpy(x)[None], torch.from_numpy(present)[None]
             )
         assert out.logits is not None
-        answer = decide(self.model, 1, out.logits.numpy())[0]
+        answer = decide(self.model, 1, out.logits.numpy(), self.thresholds.get(edge.name))[0]
         if answer.confident:
             return answer
         return Forward(2, self.encode(2, out.features.numpy()[0], None), answer)
