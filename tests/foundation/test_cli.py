@@ -34,6 +34,7 @@ def test_multiview_evaluation_has_the_missing_device_table(tiny_multiview, capsy
     rep = json.loads(capsys.readouterr().out)
     labels = [row["devices"] for row in rep["device_ablation"]]
     assert "without device 2" in labels and "device 0 alone" in labels
+    assert "first 2 devices" in labels and "first 3 devices" in labels  # devices added in turn
 
 
 @pytest.mark.parametrize(

@@ -70,11 +70,13 @@ def evaluate_outputs(
 
 
 def device_ablation(model: HierarchicalModel, split: Split) -> list[dict[str, Any]]:
-    """For a multi-device model: the report with all devices, with each one missing, and with
-    each one alone (the single-device baselines fusion must beat)."""
+    """For a multi-device model: the report with all devices, with each one missing, with each
+    one alone (the single-device baselines fusion must beat), and with the first k devices for
+    k = 2 .. D-1 (DDNN's scaling across end devices: devices added one by one)."""
     devices = model.spec.devices
     rows = []
     cases: list[tuple[str, list[int]]] = [("all", list(range(devices)))]
+    cases += [(f"first {k} devices", list(range(k))) for k in range(2, devices)]
     cases += [
         (f"without device {d}", [i for i in range(devices) if i != d]) for d in range(devices)
     ]
