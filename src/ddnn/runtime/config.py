@@ -27,6 +27,7 @@ from ddnn.runtime.protocol import (
     default_device_id,
 )
 
+ALL_MODES = "both"  # `ddnn run --mode both`: each of MODES in turn
 DEFAULT_DEADLINE_MS = 2000.0  # a device's wait for its answer; the edge's wait for the server
 
 _FLAG, _HELP, _CHOICES, _UNSET = "flag", "help", "choices", "unset"
@@ -283,7 +284,7 @@ class DeploymentConfig:
     devices: int | None = flag(None, "default: the model's device count")
     samples: int = flag(200, "first K test samples")
     rate: float = flag(StreamConfig.rate, "samples per second per device")
-    mode: str = flag("both", "which configurations to run", choices=(*MODES, "both"))
+    mode: str = flag(ALL_MODES, "which configurations to run", choices=(*MODES, ALL_MODES))
     workers: int = flag(ServerConfig.workers, "server worker threads")
     broker: str | None = flag(None, "mqtt[s]://host:port of a running broker (default: start one)")
     engine: str = flag(DeviceConfig.engine, "the devices' engine: torch, onnx or c")
@@ -301,7 +302,8 @@ class DeploymentConfig:
         _require(self, "devices", self.devices is None or self.devices >= 1, "at least 1")
         _require(self, "samples", self.samples >= 1, "at least 1")
         _require(self, "rate", self.rate >= 0, "0 or more")
-        _require(self, "mode", self.mode in (*MODES, "both"), f"one of {', '.join(MODES)}, both")
+        valid = (*MODES, ALL_MODES)
+        _require(self, "mode", self.mode in valid, f"one of {', '.join(valid)}")
         _require(self, "workers", self.workers >= 1, "at least 1")
         _require(self, "deadline_ms", self.deadline_ms > 0, "positive")
         if self.secure and self.broker:
@@ -309,4 +311,4 @@ class DeploymentConfig:
 
     @property
     def modes(self) -> tuple[str, ...]:
-        return MODES if self.mode == "both" else (self.mode,)
+        return MODES if self.mode == ALL_MODES else (self.mode,)

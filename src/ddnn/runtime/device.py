@@ -68,10 +68,6 @@ class DeviceClient(Service):
     `ddnn device` stream a dataset through it. Its engine loads at construction; `start()` (or
     `with`) subscribes to its replies, `close()` drops them and the engine."""
 
-    deadline_misses = 0  # offloads with no answer by the deadline (counted in _fallback)
-    _shed = False  # the last offload was answered OVERLOADED (for the budget controller)
-    _silence_reported = False  # warned about an upstream that does not answer
-
     def __init__(
         self,
         transport: Transport,
@@ -106,6 +102,9 @@ class DeviceClient(Service):
                 )
             self.controller = BudgetController(self.threshold, config.latency_budget_ms)
         self.requester = Requester(transport, config.device_id)
+        self.deadline_misses = 0  # offloads with no answer by the deadline (counted in _fallback)
+        self._shed = False  # the last offload was answered OVERLOADED (for the budget controller)
+        self._silence_reported = False  # warned about an upstream that does not answer
         self._closed = False
 
     @property

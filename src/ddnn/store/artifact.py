@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file
+from safetensors.torch import load
 
 from ddnn.config import from_dict, to_dict
 from ddnn.data.source import DataSource
@@ -51,10 +51,6 @@ def _part_module(model: HierarchicalModel, part: str) -> Any:
     if part in model.upper:
         return model.upper[part]
     raise DdnnError(f"model has no part {part!r}; parts: {part_names(model)}")
-
-
-def _sha256(path: Path) -> str:
-    return sha256_hex(path.read_bytes())
 
 
 def save_model(
@@ -250,12 +246,13 @@ class StoredModel:
             path = self.weights_path(part)
             if not path.is_file():
                 raise DdnnError(f"{path} is missing: the model folder is incomplete")
-            if self.hashes.get(part) != _sha256(path):
+            data = path.read_bytes()  # read once: the bytes hashed are the bytes loaded
+            if self.hashes.get(part) != sha256_hex(data):
                 raise DdnnError(
                     f"{path} does not match the hash in {SPEC_FILE}: tampered or corrupt"
                 )
             try:
-                module.load_state_dict(load_file(str(path)), strict=True)
+                module.load_state_dict(load(data), strict=True)
             except RuntimeError as exc:
                 raise DdnnError(f"{path} does not fit the spec's architecture: {exc}") from exc
         model.eval()
