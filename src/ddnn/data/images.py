@@ -97,15 +97,20 @@ def _open(path: Path) -> Any:  # a PIL image
     return img
 
 
-def _pixels(path: Path, size: ImageSize) -> np.ndarray:
-    """[C, H, W] uint8 of one file: grey stays 1 channel, everything else becomes RGB."""
-    img = _open(path)
-    img = img.convert("L") if img.mode in GREY_MODES else img.convert("RGB")
+def read_image(
+    path: Path | str, *, channels: int | None = None, size: ImageSize = None
+) -> np.ndarray:
+    """[C, H, W] uint8 (a writable copy) of one PNG or JPEG file: grey stays 1 channel and
+    everything else becomes RGB, unless `channels` (1 or 3) asks for one; resized to `size`
+    (H, W) when given. Used by the folder datasets and by `ddnn device --images`."""
+    img = _open(Path(path))
+    grey = img.mode in GREY_MODES if channels is None else channels == 1
+    img = img.convert("L" if grey else "RGB")
     if size is not None and img.size != (size[1], size[0]):
         from PIL import Image
 
         img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-    arr = np.asarray(img, dtype=np.uint8)
+    arr = np.array(img, dtype=np.uint8)
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
@@ -117,7 +122,7 @@ class _Reader:
         self.first: tuple[Path, tuple[int, ...]] | None = None
 
     def read(self, path: Path) -> np.ndarray:
-        pixels = _pixels(path, self.size)
+        pixels = read_image(path, size=self.size)
         if self.first is None:
             self.first = (path, pixels.shape)
         elif pixels.shape != self.first[1]:

@@ -226,19 +226,14 @@ def _device_inputs(args: argparse.Namespace, spec: Any) -> Iterator[tuple[int, A
 def _read_image(path: str, spec: Any) -> Any:
     """[C, H, W] uint8 of a PNG or JPEG file, in the model's channels (grey or RGB); the size
     must be what the model takes (for multi-view data: one camera's view)."""
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
+    from ddnn.data.images import read_image
 
     c, h, w = spec.view_shape if spec.views.kind == "channels" else spec.input_shape
-    try:
-        with Image.open(path) as img:
-            img = img.convert("L" if c == 1 else "RGB")
-    except (OSError, UnidentifiedImageError) as exc:
-        raise DdnnError(f"{path}: not a readable image ({exc})") from exc
-    if img.size != (w, h):
-        raise DdnnError(f"{path}: image is {img.size[1]}x{img.size[0]}, the model takes {h}x{w}")
-    arr = np.array(img, dtype=np.uint8)  # a copy: torch refuses read-only arrays
-    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    pixels = read_image(path, channels=c)
+    if pixels.shape[1:] != (h, w):
+        got = "x".join(map(str, pixels.shape[1:]))
+        raise DdnnError(f"{path}: image is {got}, the model takes {h}x{w}")
+    return pixels
 
 
 def _start_together(ready_file: str | None, start_file: str | None, timeout: float = 300.0) -> None:
