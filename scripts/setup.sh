@@ -14,6 +14,14 @@ command -v make >/dev/null || need+=(make)
 # the device C is also checked for Raspberry Pi OS 64-bit: cross compiler and user-mode qemu
 command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu)
 command -v qemu-aarch64 >/dev/null || need+=(qemu-user)
+# libmosquitto: the C device agent (headers) and the compiled MQTT transport (the library)
+[ -f /usr/include/mosquitto.h ] || need+=(libmosquitto-dev)
+# ... and the arm64 library for the cross-compiled agent, from Debian multiarch
+if [ ! -f /usr/lib/aarch64-linux-gnu/libmosquitto.so ]; then
+  dpkg --print-foreign-architectures | grep -qx arm64 || $sudo_cmd dpkg --add-architecture arm64
+  need+=(libmosquitto-dev:arm64)
+fi
+command -v tc >/dev/null && command -v ip >/dev/null || need+=(iproute2)  # emulated links
 python3 -c "import ensurepip, venv" 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need[*]}" >&2
