@@ -64,9 +64,10 @@ def test_the_table_shows_both_sides_and_the_errors_in_one_row_per_design():
 
 def test_measured_figures_come_from_the_deployment_rows():
     rows = [
-        {"total_ms": 10.0, "frame_bytes": 0, "predicted": 3, "label": 3},
-        {"total_ms": 30.0, "frame_bytes": 100, "predicted": 1, "label": 2},
+        {"total_ms": 10.0, "packet_bytes": 0, "frame_bytes": 0, "predicted": 3, "label": 3},
+        {"total_ms": 30.0, "packet_bytes": 100, "frame_bytes": 90, "predicted": 1, "label": 2},
     ]
+    assert measured_figures(rows, bytes_field="frame_bytes").bytes_per_sample == 45.0
     f = measured_figures(rows)
     assert f.mean_total_ms == 20.0 and f.bytes_per_sample == 50.0 and f.accuracy == 0.5
     assert f.p95_total_ms == pytest.approx(29.0)

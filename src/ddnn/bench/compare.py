@@ -84,16 +84,18 @@ def relative_error(predicted: float, measured: float) -> float:
     return (predicted - measured) / measured
 
 
-def measured_figures(rows: Sequence[dict[str, Any]]) -> Figures:
+def measured_figures(rows: Sequence[dict[str, Any]], bytes_field: str = "packet_bytes") -> Figures:
     """A deployment's per-frame rows (`runtime.report.frames`) -> the measured side; lost
-    requests count in the time as they happened (the device's deadline) and as wrong answers."""
+    requests count in the time as they happened (the device's deadline) and as wrong answers.
+    `bytes_field`: packet_bytes (MQTT PUBLISH packets, what the planner predicts) or
+    frame_bytes (the ddnn frames inside them)."""
     if not rows:
         raise ValueError("no samples measured")
     total = [float(r["total_ms"]) for r in rows]
     return Figures(
         mean_total_ms=float(np.mean(total)),
         p95_total_ms=percentile(total, 95),
-        bytes_per_sample=float(np.mean([r["frame_bytes"] for r in rows])),
+        bytes_per_sample=float(np.mean([r[bytes_field] for r in rows])),
         accuracy=float(np.mean([r["predicted"] == r["label"] for r in rows])),
     )
 
