@@ -1,5 +1,6 @@
-"""`ddnn bench runtime | load | fuzz`: the round trip and throughput of the runtime, how much load
-the server holds, and how it takes malformed input."""
+"""`ddnn bench runtime | load | fuzz | plan | table2 | crossover`: the round trip and throughput
+of the runtime, how much load the server holds, how it takes malformed input, and the co-design
+checks on an emulated device and link (issue 13)."""
 
 from __future__ import annotations
 
@@ -59,7 +60,100 @@ def cmd_bench_fuzz(args: argparse.Namespace) -> int:
     return 0 if result["ok"] else 1
 
 
+def cmd_bench_plan(args: argparse.Namespace) -> int:
+    from ddnn.bench.plan import bench_plan, bench_plan_text
+    from ddnn.planning.choose import Budgets
+
+    budgets = Budgets(
+        max_latency_ms=args.max_latency_ms, min_accuracy=args.min_accuracy,
+        max_device_ram_kb=args.max_device_ram_kb, max_bytes=args.max_bytes,
+    )  # fmt: skip
+    result = bench_plan(
+        args.candidates, args.out, device_profile=args.device_profile, link=args.link,
+        budgets=budgets, samples=args.samples, designs=args.designs,
+    )  # fmt: skip
+    print(json.dumps(result.to_dict()) if args.json else bench_plan_text(result))
+    return 0
+
+
+def cmd_bench_table2(args: argparse.Namespace) -> int:
+    from ddnn.bench.table2 import bench_table2, table2_text
+
+    result = bench_table2(
+        args.runs, args.out, device_profile=args.device_profile, link=args.link,
+        threshold=args.threshold, samples=args.samples,
+    )  # fmt: skip
+    print(json.dumps(result.to_dict()) if args.json else table2_text(result))
+    return 0
+
+
+def cmd_bench_crossover(args: argparse.Namespace) -> int:
+    from ddnn.bench.crossover import log_rates
+    from ddnn.bench.rates import bench_crossover, crossover_text, plot_crossover
+
+    result = bench_crossover(
+        args.runs, args.out, device_profile=args.device_profile, link=args.link,
+        threshold=args.threshold, rates=args.rates or log_rates(0.25, 100.0, 8),
+        measure_rates=args.measure, samples=args.samples,
+    )  # fmt: skip
+    if args.png:
+        plot_crossover(result, args.png)
+    print(json.dumps(result.to_dict()) if args.json else crossover_text(result))
+    if args.png and not args.json:
+        print(f"\nplot: {args.png}")
+    return 0
+
+
+def _add_emulation_flags(p: argparse.ArgumentParser, samples: int) -> None:
+    p.add_argument("--device-profile", required=True, help="a device profile name or TOML file")
+    p.add_argument("--link", required=True, help="a link profile name or TOML file")
+    p.add_argument("--samples", type=int, default=samples, help="test samples per emulated run")
+    p.add_argument("--out", default="bench-codesign", help="folder for the runs' reports")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _register_codesign(bsub: Any) -> None:
+    p = bsub.add_parser(
+        "plan", help="the planner's recommendation and two other designs, run on the emulation"
+    )
+    p.add_argument("candidates", nargs="+", help="run folders, or a sweep .toml file")
+    _add_emulation_flags(p, samples=300)
+    p.add_argument("--max-latency-ms", type=float, help="budget on the mean T_total")
+    p.add_argument("--min-accuracy", type=float, help="budget: a fraction, e.g. 0.88")
+    p.add_argument("--max-device-ram-kb", type=float, help="budget: device static RAM (KiB)")
+    p.add_argument("--max-bytes", type=float, help="budget: MQTT bytes sent upward per sample")
+    p.add_argument("--designs", type=int, default=3, help="designs run: the recommended first")
+    p.set_defaults(handler=cmd_bench_plan)
+
+    p = bsub.add_parser(
+        "table2", help="seed 004's TABLE II: device+server vs server-only on the emulation"
+    )
+    p.add_argument("runs", nargs="+", help="run folders (one device each)")
+    _add_emulation_flags(p, samples=200)
+    p.add_argument("--threshold", type=float, default=0.4, help="every early exit's threshold")
+    p.set_defaults(handler=cmd_bench_table2)
+
+    p = bsub.add_parser("crossover", help="T_total against link rate: where the split wins")
+    p.add_argument("runs", nargs="+", help="run folders (one device each)")
+    _add_emulation_flags(p, samples=100)
+    p.add_argument("--threshold", type=float, default=0.4, help="every early exit's threshold")
+    p.add_argument(
+        "--rates", type=float, nargs="+",
+        help="predicted at these Mbit/s (default: 8 from 0.25 to 100, log scale)",
+    )  # fmt: skip
+    p.add_argument(
+        "--measure",
+        type=float,
+        nargs="*",
+        default=[],
+        help="also run the emulation at these Mbit/s",
+    )
+    p.add_argument("--png", help="write the plot here")
+    p.set_defaults(handler=cmd_bench_crossover)
+
+
 def register_bench(bsub: Any) -> None:
+    _register_codesign(bsub)
     p = bsub.add_parser("runtime", help="round trip vs bare paho, bytes, server throughput")
     p.add_argument("run_dir", help="a trained model folder (a device section with bits)")
     p.add_argument("--repeats", type=int, default=300)

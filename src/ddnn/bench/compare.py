@@ -39,7 +39,7 @@ class Check:
     """A design's predicted and measured figures, and how far apart they are."""
 
     candidate: str
-    threshold: float
+    threshold: float | None  # None: server-only, the final exit answers everything
     predicted: Figures
     measured: Figures
     samples: int = 0  # how many samples the measurement streamed
@@ -114,7 +114,7 @@ COLUMNS = (
 def _row(c: Check) -> list[Any]:
     p, m = c.predicted, c.measured
     return [
-        c.candidate, f"{c.threshold:g}", c.samples,
+        c.candidate, "-" if c.threshold is None else f"{c.threshold:g}", c.samples,
         f"{p.mean_total_ms:.2f} / {m.mean_total_ms:.2f}", _pct(c.time_error),
         f"{p.p95_total_ms:.2f} / {m.p95_total_ms:.2f}", _pct(c.p95_error),
         f"{p.bytes_per_sample:.1f} / {m.bytes_per_sample:.1f}", _pct(c.bytes_error),
