@@ -39,7 +39,8 @@ class Prediction:
     t_comm_ms: Stat
     t_server_ms: Stat
     t_total_ms: Stat
-    mqtt_bytes_per_sample: float  # request PUBLISH packets, what `ddnn run` reports
+    frame_bytes_per_sample: float  # request ddnn frames sent upward
+    mqtt_bytes_per_sample: float  # the MQTT PUBLISH packets carrying them
     wire_bytes_per_sample: float  # request and reply with TCP/IP headers, both directions
     accuracy: float
     device_ram_bytes: int | None
@@ -114,6 +115,7 @@ def predict_row(
             float(device.mean()) + off * (comm + float(server.mean())),
             mixture_quantile([(local, device), (off, total)], 0.95),
         ),
+        frame_bytes_per_sample=off * profile.split_wire.request_frame,
         mqtt_bytes_per_sample=off * profile.split_wire.request_mqtt,
         wire_bytes_per_sample=off * profile.split_wire.round_trip_wire,
         accuracy=row.accuracy,
@@ -136,6 +138,7 @@ def _server_only(profile: RunProfile, rate_mbit: float, delay_ms: float) -> Pred
         t_comm_ms=Stat(comm, comm),
         t_server_ms=Stat(float(server.mean()), float(np.percentile(server, 95))),
         t_total_ms=Stat(comm + float(server.mean()), comm + float(np.percentile(server, 95))),
+        frame_bytes_per_sample=float(wire.request_frame),
         mqtt_bytes_per_sample=float(wire.request_mqtt),
         wire_bytes_per_sample=float(wire.round_trip_wire),
         accuracy=profile.cloud_only_accuracy,

@@ -45,7 +45,7 @@ def profile_path(run_dir: str | Path, device: DeviceProfile, link: LinkProfile) 
     return Path(run_dir) / PROFILES_DIR / f"{device.name}-{link.name}.json"
 
 
-def _profile_dict(profile: DeviceProfile | LinkProfile) -> dict[str, Any]:
+def profile_figures(profile: DeviceProfile | LinkProfile) -> dict[str, Any]:
     """The figures a profile stands for (not where its file lies)."""
     return {k: v for k, v in to_dict(profile).items() if k != "path"}
 
@@ -80,7 +80,7 @@ def profile_run(
     path = profile_path(run_dir, device, link)
     key = {
         "model_id": model_id(stored), "host": platform.node(), "repeats": repeats,
-        "device_profile": _profile_dict(device), "link_profile": _profile_dict(link),
+        "device_profile": profile_figures(device), "link_profile": profile_figures(link),
     }  # fmt: skip
     if not remeasure:
         found = _stored_profile(path, key)
