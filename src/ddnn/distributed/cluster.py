@@ -18,13 +18,13 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO
 
+from ddnn.emulation.cpu import CpuControl, enter_cgroup
 from ddnn.errors import DdnnError
 
 log = logging.getLogger(__name__)
 
 SUBNET = "10.213.77"  # a private /24 that exists only inside the namespaces (the bridge has no IP)
 NODE_IFNAME = "eth0"
-CPU_PERIOD_US = 100_000
 MASTER_PORT = 29500  # node 0's rendezvous port, as torchrun's default
 
 
@@ -43,44 +43,6 @@ def has_qdisc(kind: str) -> bool:
     ok = _run("tc", "qdisc", "add", "dev", probe, "root", kind, check=False).returncode == 0
     _run("ip", "link", "del", probe, check=False)
     return ok
-
-
-@dataclass
-class CpuControl:
-    """Where CPU quotas go on this host: cgroup v2 cpu.max, v1 cfs quota, or nowhere."""
-
-    kind: str  # "v2", "v1" or "none"
-    root: Path | None = None
-    why: str = ""
-
-    @staticmethod
-    def detect() -> CpuControl:
-        for root in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified")):
-            controllers = root / "cgroup.controllers"
-            if controllers.is_file() and "cpu" in controllers.read_text().split():
-                try:
-                    (root / "cgroup.subtree_control").write_text("+cpu")
-                    return CpuControl("v2", root)
-                except OSError as exc:
-                    why = f"cgroup v2 at {root} has cpu but +cpu is refused ({exc})"
-                    return CpuControl("none", None, why)
-        for root in (Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup/cpu,cpuacct")):
-            if (root / "cpu.cfs_quota_us").is_file() and os.access(root, os.W_OK):
-                return CpuControl("v1", root)
-        return CpuControl("none", None, "no writable cgroup with a cpu controller")
-
-    def create(self, name: str, cores: float) -> Path | None:
-        if self.root is None:
-            return None
-        path = self.root / name
-        path.mkdir(exist_ok=True)
-        quota = max(1000, round(cores * CPU_PERIOD_US))
-        if self.kind == "v2":
-            (path / "cpu.max").write_text(f"{quota} {CPU_PERIOD_US}")
-        else:
-            (path / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
-            (path / "cpu.cfs_quota_us").write_text(str(quota))
-        return path
 
 
 @dataclass
@@ -194,14 +156,10 @@ class EmulatedCluster:
         """Start argv inside node's namespace and CPU cgroup."""
         cgroup = next((c for c in self._cgroups if c.name == f"{self.name}-{node}"), None)
 
-        def enter_cgroup() -> None:  # runs in the child before exec: no escape window
-            if cgroup is not None:
-                (cgroup / "cgroup.procs").write_text(str(os.getpid()))
-
         proc = subprocess.Popen(
             ["ip", "netns", "exec", f"{self.name}-{node}", *argv],
             env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
-            preexec_fn=enter_cgroup, start_new_session=True,
+            preexec_fn=enter_cgroup(cgroup) if cgroup else None, start_new_session=True,
         )  # fmt: skip
         self._procs.append(proc)
         return proc
@@ -227,14 +185,7 @@ class EmulatedCluster:
         for link in self._links:
             _run("ip", "link", "del", link, check=False)
         for path in self._cgroups:
-            for _ in range(50):  # a cgroup can be removed once its last process is reaped
-                try:
-                    path.rmdir()
-                    break
-                except OSError:
-                    time.sleep(0.1)
-            else:
-                log.warning("could not remove cgroup %s", path)
+            CpuControl.remove(path)
         self._namespaces, self._links, self._cgroups, self._procs = [], [], [], []
 
 
