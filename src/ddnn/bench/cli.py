@@ -70,7 +70,7 @@ def cmd_bench_plan(args: argparse.Namespace) -> int:
     )  # fmt: skip
     result = bench_plan(
         args.candidates, args.out, device_profile=args.device_profile, link=args.link,
-        budgets=budgets, samples=args.samples, designs=args.designs,
+        budgets=budgets, samples=args.samples, designs=args.designs, repeats=args.repeats,
     )  # fmt: skip
     print(json.dumps(result.to_dict()) if args.json else bench_plan_text(result))
     return 0
@@ -94,7 +94,7 @@ def cmd_bench_crossover(args: argparse.Namespace) -> int:
     result = bench_crossover(
         args.runs, args.out, device_profile=args.device_profile, link=args.link,
         threshold=args.threshold, rates=args.rates or log_rates(0.25, 100.0, 8),
-        measure_rates=args.measure, samples=args.samples,
+        measure_rates=args.measure, samples=args.samples, repeats=args.repeats,
     )  # fmt: skip
     if args.png:
         plot_crossover(result, args.png)
@@ -112,6 +112,13 @@ def _add_emulation_flags(p: argparse.ArgumentParser, samples: int) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+def _add_repeats_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--repeats", type=int, default=30,
+        help="the planner's timed samples per layer (a stored profile with as many is reused)",
+    )  # fmt: skip
+
+
 def _register_codesign(bsub: Any) -> None:
     p = bsub.add_parser(
         "plan", help="the planner's recommendation and two other designs, run on the emulation"
@@ -123,6 +130,7 @@ def _register_codesign(bsub: Any) -> None:
     p.add_argument("--max-device-ram-kb", type=float, help="budget: device static RAM (KiB)")
     p.add_argument("--max-bytes", type=float, help="budget: MQTT bytes sent upward per sample")
     p.add_argument("--designs", type=int, default=3, help="designs run: the recommended first")
+    _add_repeats_flag(p)
     p.set_defaults(handler=cmd_bench_plan)
 
     p = bsub.add_parser(
@@ -149,6 +157,7 @@ def _register_codesign(bsub: Any) -> None:
         help="also run the emulation at these Mbit/s",
     )
     p.add_argument("--png", help="write the plot here")
+    _add_repeats_flag(p)
     p.set_defaults(handler=cmd_bench_crossover)
 
 

@@ -135,15 +135,16 @@ def bench_plan(
     budgets: Any,
     samples: int,
     designs: int = 3,
+    repeats: int = 30,
 ) -> PlanBench:
-    """Plan (profiles stored in the runs are reused), then run the recommendation and
-    `designs - 1` others on `device_profile` + `link` and compare."""
+    """Plan (a profile stored in a run with the same `repeats` is reused), then run the
+    recommendation and `designs - 1` others on `device_profile` + `link` and compare."""
     from ddnn.bench.emulated import run_emulated
     from ddnn.emulation.profiles import load_device_profile, load_link_profile
     from ddnn.planning.plan import candidate_runs, make_plan
 
     device, link_profile = load_device_profile(device_profile), load_link_profile(link)
-    plan = make_plan(candidate_runs(candidates), device, link_profile, budgets)
+    plan = make_plan(candidate_runs(candidates), device, link_profile, budgets, repeats=repeats)
     recommended = plan.choice.recommended
     picked = pick_designs(plan.predictions, recommended, plan.choice.front, designs)
     calibrations: list[dict[str, Any]] = []

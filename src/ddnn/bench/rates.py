@@ -57,14 +57,17 @@ class CrossoverResult:
         return doc | {"points": [asdict(p) for p in self.points]}
 
 
-def predictor(run: str, device_profile: str, link: str, threshold: float) -> Callable[..., float]:
-    """(mode, rate) -> the planner's mean T_total, from the run's profile on device and link."""
+def predictor(
+    run: str, device_profile: str, link: str, threshold: float, repeats: int
+) -> Callable[..., float]:
+    """(mode, rate) -> the planner's mean T_total, from the run's profile on device and link
+    (the stored one when it was measured with the same `repeats`)."""
     from ddnn.emulation.profiles import load_device_profile, load_link_profile
     from ddnn.planning.predict import nearest_row, predict_row
     from ddnn.planning.profile import profile_run
 
     base = load_link_profile(link)
-    profile = profile_run(run, load_device_profile(device_profile), base)
+    profile = profile_run(run, load_device_profile(device_profile), base, repeats=repeats)
     row = nearest_row(profile, threshold)
 
     def predicted(mode: str, rate_mbit: float) -> float:
@@ -84,6 +87,7 @@ def bench_crossover(
     rates: Sequence[float],
     measure_rates: Sequence[float],
     samples: int,
+    repeats: int = 30,
 ) -> CrossoverResult:
     """Predicted T_total at `rates`, measured at `measure_rates`, crossings per design."""
     from ddnn.emulation.profiles import load_link_profile
@@ -96,7 +100,7 @@ def bench_crossover(
     lo, hi = min(rates), max(rates)
     for run in runs:
         design = Path(run).name
-        predicted = predictor(run, device_profile, link, threshold)
+        predicted = predictor(run, device_profile, link, threshold, repeats)
         measured: dict[float, dict[str, list[float]]] = {}
         for rate in measure_rates:
             log.info("%s: emulated run at %g Mbit/s", design, rate)
