@@ -84,7 +84,6 @@ class EmulatedDevices:
         self._devices: list[_Device] = []
         self._control: CpuControl | None = None
         self._procs: list[subprocess.Popen[Any]] = []
-        self._cpu_on = False
         self._previous: Any = None
         self._entered = False
 
@@ -173,7 +172,6 @@ class EmulatedDevices:
         for i, dev in enumerate(self._devices):
             start = cores if self.cpu_from_start else None
             dev.cgroup = self._control.create(dev.ns or namespace_name(i), start)
-        self._cpu_on = self.cpu_from_start
         self.notes.append(
             f"CPU {device.name}: {device.gflops:g} GFLOPS / host {self.calibration.host_gflops:.1f}"
             f" GFLOPS = {cores:.4f} of a core (cgroup {self._control.kind}, period "
@@ -181,15 +179,15 @@ class EmulatedDevices:
             + ("" if self.cpu_from_start else "; limited from the start signal, not while loading")
         )
 
-    def limit_cpu(self, on: bool = True) -> None:
-        """Apply (or lift) the device quota on every device's cgroup, live."""
+    def limit_cpu(self, on: bool = True, devices: Sequence[int] | None = None) -> None:
+        """Apply (or lift) the device quota on every device's cgroup (or those listed), live."""
         cores = self.quota_cores
         if self._control is None or cores is None:
             return
-        for dev in self._devices:
-            if dev.cgroup is not None:
-                self._control.set_cores(dev.cgroup, cores if on else None)
-        self._cpu_on = on
+        for i in range(self.count) if devices is None else devices:
+            cgroup = self._devices[i].cgroup
+            if cgroup is not None:
+                self._control.set_cores(cgroup, cores if on else None)
 
     def close(self) -> None:
         """Stop the processes, then remove relays, namespaces (and veths) and cgroups; every
