@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from ddnn.emulation.calibrate import Calibration
+from ddnn.emulation.calibrate import calibrate as calibrate_host
 from ddnn.emulation.profiles import DeviceProfile, LinkProfile
 from ddnn.errors import DdnnError
 from ddnn.planning.choose import Budgets, Choice, choose, latency_of
 from ddnn.planning.predict import Prediction, predict_all
-from ddnn.planning.profile import DEFAULT_REPEATS, profile_figures, profile_run
+from ddnn.planning.profile import DEFAULT_REPEATS, profile_figures, profile_run, stored_profile
 from ddnn.planning.sweep import is_sweep_file, read_sweep, train_candidates
 from ddnn.tables import markdown_table
 
@@ -75,9 +76,10 @@ def make_plan(
     preds: list[Prediction] = []
     used: dict[str, Any] = {}
     for run in runs:
-        profile = profile_run(
-            run, device, link, calibration, repeats=repeats, remeasure=remeasure
-        )
+        profile = None if remeasure else stored_profile(run, device, link, repeats)
+        if profile is None:
+            calibration = calibration or calibrate_host()  # once for every run measured
+            profile = profile_run(run, device, link, calibration, repeats=repeats, remeasure=True)
         used = profile.calibration
         preds += predict_all(profile, link.rate_mbit, link.delay_ms)
     return Plan(device, link, used, budgets, tuple(preds), choose(preds, budgets))
