@@ -109,9 +109,9 @@ def plan_text(plan: Plan) -> str:
     ]
     best = plan.choice.recommended
     if best is not None:
-        how = "server-only" if best.threshold is None else f"threshold {best.threshold:g}"
+        how = "" if best.threshold is None else f" at threshold {best.threshold:g}"
         lines.append(
-            f"recommended: {Path(best.run).name}, {best.mode}, {how}: T_total mean "
+            f"recommended: {Path(best.run).name}, {best.mode}{how}: T_total mean "
             f"{best.t_total_ms.mean:.3g} ms (p95 {best.t_total_ms.p95:.3g}), accuracy "
             f"{best.accuracy:.4f}, {best.mqtt_bytes_per_sample:.1f} B/sample"
         )
