@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import platform
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 from ddnn.config import to_dict
 from ddnn.emulation.calibrate import Calibration
 from ddnn.emulation.calibrate import calibrate as calibrate_host
-from ddnn.emulation.cpu import cpu_limited
+from ddnn.emulation.cpu import CpuControl, enter_cgroup
 from ddnn.emulation.profiles import DeviceProfile, LinkProfile
 from ddnn.errors import DdnnError
 from ddnn.evaluate.calibrate import sweep
@@ -143,11 +144,20 @@ def _measure(
     quota: float | None = calibration.quota_cores(device)
     dev_layers: list[dict[str, Any]] = []
     if model.spec.device_section is not None:
-        with cpu_limited(quota, f"ddnn-profile-{device.name}") as preexec:
-            if preexec is None:
-                log.warning("no CPU quota on this host: device times are host times")
-                quota = None
-            dev_layers = time_layers(run, "device", repeats=repeats, preexec_fn=preexec)
+        control = CpuControl.detect()
+        path = control.create(f"ddnn-profile-{os.getpid()}", None)  # unlimited while loading
+        if path is None:
+            log.warning("no CPU quota on this host (%s): device times are host times", control.why)
+            quota = None
+        try:
+            dev_layers = time_layers(
+                run, "device", repeats=repeats,
+                preexec_fn=None if path is None else enter_cgroup(path),
+                on_loaded=None if path is None else lambda: control.set_cores(path, quota),
+            )  # fmt: skip
+        finally:
+            if path is not None:
+                CpuControl.remove(path)
     srv_layers = time_layers(run, "server", repeats=repeats)
     dev_names = {s.name for s in model.spec.sections if s.tier == "device"}
     upper = [x for x in srv_layers if x["section"] not in dev_names]
