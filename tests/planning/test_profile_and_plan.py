@@ -60,6 +60,11 @@ def test_a_profile_is_measured_stored_and_reused(run, fast, monkeypatch):
     ]  # fmt: skip
     assert {t.section for t in p.layers if t.where == "server"} == {"device", "cloud"}
     assert all(len(t.time.samples_ms) == 6 for t in p.layers)
+    sections = p.section_times()
+    assert [(s, w) for s, w, _ in sections] == [
+        ("device", "device"), ("device", "server"), ("cloud", "server"),
+    ]  # fmt: skip
+    assert sections[0][2] == p.device and sections[2][2] == p.server
     assert len(p.device.samples_ms) == 6 and p.device.p95 >= p.device.median > 0
     # the ddnn preset sends 16 x 7 x 7 bits = 98 bytes; the frame, MQTT and TCP/IP add to it
     assert p.exit_bytes["device"] == 98
@@ -123,7 +128,7 @@ binarized = [true]
 """
 
 
-def test_an_interrupted_sweep_trains_only_what_is_left(tmp_path, monkeypatch):
+def test_an_interrupted_sweep_trains_only_what_is_left(tmp_path, fast, monkeypatch, capsys):
     path = tmp_path / "sweep.toml"
     path.write_text(SWEEP.format(out=tmp_path / "cands"))
     candidates = read_sweep(path)
@@ -151,6 +156,12 @@ def test_an_interrupted_sweep_trains_only_what_is_left(tmp_path, monkeypatch):
     assert trained == ["d1-f4-bin-e1", "d1-f8-bin-e1"]
     assert all((r / "metrics.json").is_file() for r in runs)
     assert open_model(runs[1]).spec.sections[0].layers[0].out == 8
+    # planning the sweep trains nothing more and predicts every candidate
+    args = ["--device-profile", str(fast), "--link", "wifi", "--repeats", "5", "--json"]
+    assert main(["plan", str(path), *args]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert len(trained) == 2
+    assert {Path(p["run"]).name for p in doc["predictions"]} == {"d1-f4-bin-e1", "d1-f8-bin-e1"}
 
 
 @pytest.mark.parametrize(
