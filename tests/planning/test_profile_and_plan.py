@@ -44,6 +44,7 @@ def fast(tmp_path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_profile_is_measured_stored_and_reused(run, fast, monkeypatch):
     device, link = load_device_profile(fast), load_link_profile("wifi")
     p = profile_run(run, device, link, CALIBRATION, repeats=6, limit=40)
@@ -86,6 +87,7 @@ def test_a_profile_is_measured_stored_and_reused(run, fast, monkeypatch):
     assert pred.local_exit_fraction == p.thresholds[0].local_exit_fraction
 
 
+@pytest.mark.slow
 def test_profile_and_plan_commands_answer_even_when_no_budget_is_met(run, fast, tmp_path, capsys):
     args = ["--device-profile", str(fast), "--link", "ethernet-100", "--repeats", "5"]
     assert main(["profile", str(run), *args, "--limit", "30"]) == 0
@@ -102,7 +104,8 @@ def test_profile_and_plan_commands_answer_even_when_no_budget_is_met(run, fast, 
     assert {p["mode"] for p in doc["predictions"]} == {"device+server", "server-only"}
 
 
-def test_unknown_profiles_are_one_line_naming_the_known_ones(run, capsys):
+def test_unknown_profiles_are_one_line_naming_the_known_ones(tmp_path, capsys):
+    run = tmp_path / "run"  # profiles are read first: the run is never opened
     code = main(["profile", str(run), "--device-profile", "pi9", "--link", "wifi"])
     err = capsys.readouterr().err
     assert code == 2 and "pi3" in err and "pi4" in err and len(err.strip().splitlines()) == 1
@@ -128,6 +131,7 @@ binarized = [true]
 """
 
 
+@pytest.mark.slow
 def test_an_interrupted_sweep_trains_only_what_is_left(tmp_path, fast, monkeypatch, capsys):
     path = tmp_path / "sweep.toml"
     path.write_text(SWEEP.format(out=tmp_path / "cands"))
@@ -170,6 +174,7 @@ def test_an_interrupted_sweep_trains_only_what_is_left(tmp_path, fast, monkeypat
         ("[sweep]\nbase = 'ddnn'\n[grid]\nfilters = [8]\n", "state the epochs"),
         ("[sweep]\nbase = 'ddnn'\n[train]\nepochs = 1\n[grid]\nwidth = [8]\n", "width"),
         ("[sweep]\nbase = 'ddnn'\n[train]\nepochs = 1\n[grid]\nfilters = [0]\n", "positive"),
+        ("[sweep]\nbase = 'ddnn-multiview'\n[train]\nepochs = 1\n[grid]\n", "one device"),
     ],
 )
 def test_a_wrong_sweep_file_names_the_file_and_the_key(tmp_path, text, message):
