@@ -74,9 +74,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     )  # fmt: skip
     device, link = _profiles(args)  # before training: a wrong name fails at once
     runs = candidate_runs(args.candidates, progress=not args.json)
-    plan = make_plan(
-        runs, device, link, budgets, repeats=args.repeats, remeasure=args.remeasure
-    )
+    plan = make_plan(runs, device, link, budgets, repeats=args.repeats, remeasure=args.remeasure)
     if args.png:
         Path(args.png).parent.mkdir(parents=True, exist_ok=True)
         plot_plan(plan, args.png)

@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from ddnn.emulation.calibrate import Calibration
+from ddnn.emulation.calibrate import calibrate as calibrate_host
 from ddnn.emulation.profiles import DeviceProfile, LinkProfile
 from ddnn.errors import DdnnError
 from ddnn.planning.choose import Budgets, Choice, choose, latency_of
 from ddnn.planning.predict import Prediction, predict_all
-from ddnn.planning.profile import DEFAULT_REPEATS, profile_figures, profile_run
+from ddnn.planning.profile import DEFAULT_REPEATS, profile_figures, profile_run, stored_profile
 from ddnn.planning.sweep import is_sweep_file, read_sweep, train_candidates
 from ddnn.tables import markdown_table
 
@@ -30,7 +31,7 @@ COLUMNS = (
 class Plan:
     device: DeviceProfile
     link: LinkProfile
-    calibration: dict[str, Any]
+    calibrations: dict[str, dict[str, Any]]  # run -> the calibration its profile was measured under
     budgets: Budgets
     predictions: tuple[Prediction, ...]
     choice: Choice
@@ -39,7 +40,7 @@ class Plan:
         return {
             "device_profile": profile_figures(self.device),
             "link_profile": profile_figures(self.link),
-            "calibration": self.calibration,
+            "calibrations": self.calibrations,
             "budgets": asdict(self.budgets),
             "predictions": [p.to_dict() for p in self.predictions],
             **self.choice.to_dict(),
@@ -73,12 +74,13 @@ def make_plan(
 ) -> Plan:
     """Profile (or reuse the profiles of) `runs` and choose among their predictions."""
     preds: list[Prediction] = []
-    used: dict[str, Any] = {}
+    used: dict[str, dict[str, Any]] = {}
     for run in runs:
-        profile = profile_run(
-            run, device, link, calibration, repeats=repeats, remeasure=remeasure
-        )
-        used = profile.calibration
+        profile = None if remeasure else stored_profile(run, device, link, repeats)
+        if profile is None:
+            calibration = calibration or calibrate_host()  # once for every run measured
+            profile = profile_run(run, device, link, calibration, repeats=repeats, remeasure=True)
+        used[str(run)] = profile.calibration
         preds += predict_all(profile, link.rate_mbit, link.delay_ms)
     return Plan(device, link, used, budgets, tuple(preds), choose(preds, budgets))
 
@@ -94,11 +96,11 @@ def _row(p: Prediction) -> list[Any]:
 
 def plan_text(plan: Plan) -> str:
     """The Pareto front, then the recommendation or the budgets nobody meets."""
-    cal = plan.calibration
+    host = sorted({f"{c.get('host_gflops', float('nan')):.3g}" for c in plan.calibrations.values()})
     lines = [
         f"device {plan.device.name} ({plan.device.gflops:g} GFLOPS), link {plan.link.name} "
         f"({plan.link.rate_mbit:g} Mbit/s, {plan.link.delay_ms:g} ms one way); host "
-        f"calibrated at {cal.get('host_gflops', float('nan')):.3g} GFLOPS",
+        f"calibrated at {', '.join(host)} GFLOPS (when each run was profiled)",
         f"{len(plan.predictions)} predictions; Pareto front (mean T_total vs accuracy; "
         "times in ms, means over all samples):",
         "",
@@ -107,9 +109,9 @@ def plan_text(plan: Plan) -> str:
     ]
     best = plan.choice.recommended
     if best is not None:
-        how = "server-only" if best.threshold is None else f"threshold {best.threshold:g}"
+        how = "" if best.threshold is None else f" at threshold {best.threshold:g}"
         lines.append(
-            f"recommended: {Path(best.run).name}, {best.mode}, {how}: T_total mean "
+            f"recommended: {Path(best.run).name}, {best.mode}{how}: T_total mean "
             f"{best.t_total_ms.mean:.3g} ms (p95 {best.t_total_ms.p95:.3g}), accuracy "
             f"{best.accuracy:.4f}, {best.mqtt_bytes_per_sample:.1f} B/sample"
         )
@@ -125,14 +127,21 @@ def plot_plan(plan: Plan, path: str | Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     stat = plan.budgets.latency
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for run in dict.fromkeys(p.run for p in plan.predictions):
         mine = [p for p in plan.predictions if p.run == run]
+        split = [p for p in mine if p.threshold is not None]
+        dots = ax.scatter(
+            [latency_of(p, stat) for p in split], [p.accuracy for p in split], s=12,
+            label=f"{Path(run).name} (thresholds)",
+        )  # fmt: skip
+        only = [p for p in mine if p.threshold is None]
         ax.scatter(
-            [latency_of(p, stat) for p in mine], [p.accuracy for p in mine], s=12,
-            label=Path(run).name,
+            [latency_of(p, stat) for p in only], [p.accuracy for p in only], s=40, marker="x",
+            color=dots.get_facecolor()[0] if split else None, label=f"{Path(run).name} server-only",
         )  # fmt: skip
     front = plan.choice.front
     ax.plot([latency_of(p, stat) for p in front], [p.accuracy for p in front], "k--", lw=1,
@@ -146,6 +155,9 @@ def plot_plan(plan: Plan, path: str | Path) -> None:
     if plan.budgets.min_accuracy is not None:
         ax.axhline(plan.budgets.min_accuracy, color="grey", lw=0.8)
     ax.set_xscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
     ax.set_xlabel(f"predicted T_total, {stat} (ms)")
     ax.set_ylabel("accuracy (validation)")
     ax.set_title(f"{plan.device.name} on {plan.link.name}")

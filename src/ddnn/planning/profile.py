@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import platform
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 from ddnn.config import to_dict
 from ddnn.emulation.calibrate import Calibration
 from ddnn.emulation.calibrate import calibrate as calibrate_host
-from ddnn.emulation.cpu import cpu_limited
+from ddnn.emulation.cpu import CpuControl, enter_cgroup
 from ddnn.emulation.profiles import DeviceProfile, LinkProfile
 from ddnn.errors import DdnnError
 from ddnn.evaluate.calibrate import sweep
@@ -56,6 +57,33 @@ def model_id(stored: StoredModel) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _checked(run_dir: str | Path) -> StoredModel:
+    stored = open_model(run_dir)
+    if stored.spec.devices > 1:
+        raise DdnnError(
+            f"{run_dir}: model {stored.name!r} has {stored.spec.devices} devices; the planner "
+            "models one device and one server (train a model with devices = 1)"
+        )
+    return stored
+
+
+def _key(stored: StoredModel, device: DeviceProfile, link: LinkProfile, repeats: int) -> dict:
+    """What a stored profile must have been measured with to be reused."""
+    return {
+        "model_id": model_id(stored), "host": platform.node(), "repeats": repeats,
+        "device_profile": profile_figures(device), "link_profile": profile_figures(link),
+    }  # fmt: skip
+
+
+def stored_profile(
+    run_dir: str | Path, device: DeviceProfile, link: LinkProfile, repeats: int = DEFAULT_REPEATS
+) -> RunProfile | None:
+    """The stored profile of `run_dir` if it was measured for the same weights, profiles, host
+    and repeats; None when there is none or it is stale."""
+    stored = _checked(run_dir)
+    return _stored_profile(profile_path(run_dir, device, link), _key(stored, device, link, repeats))
+
+
 def profile_run(
     run_dir: str | Path,
     device: DeviceProfile,
@@ -66,22 +94,14 @@ def profile_run(
     remeasure: bool = False,
     limit: int | None = None,
 ) -> RunProfile:
-    """The profile of `run_dir` on `device` and `link`: the stored one when it was measured
-    for the same weights, profiles, host and repeats (unless `remeasure`), else measured now
-    (calibrating the host first when `calibration` is None) and stored."""
+    """The profile of `run_dir` on `device` and `link`: the stored one (`stored_profile`)
+    unless `remeasure`, else measured now (calibrating the host first when `calibration` is
+    None) and stored."""
     if repeats < 5:
         raise DdnnError(f"repeats must be at least 5 for a p95, got {repeats}")
-    stored = open_model(run_dir)
-    if stored.spec.devices > 1:
-        raise DdnnError(
-            f"{run_dir}: model {stored.name!r} has {stored.spec.devices} devices; the planner "
-            "models one device and one server (train a model with devices = 1)"
-        )
+    stored = _checked(run_dir)
     path = profile_path(run_dir, device, link)
-    key = {
-        "model_id": model_id(stored), "host": platform.node(), "repeats": repeats,
-        "device_profile": profile_figures(device), "link_profile": profile_figures(link),
-    }  # fmt: skip
+    key = _key(stored, device, link, repeats)
     if not remeasure:
         found = _stored_profile(path, key)
         if found is not None:
@@ -124,11 +144,20 @@ def _measure(
     quota: float | None = calibration.quota_cores(device)
     dev_layers: list[dict[str, Any]] = []
     if model.spec.device_section is not None:
-        with cpu_limited(quota, f"ddnn-profile-{device.name}") as preexec:
-            if preexec is None:
-                log.warning("no CPU quota on this host: device times are host times")
-                quota = None
-            dev_layers = time_layers(run, "device", repeats=repeats, preexec_fn=preexec)
+        control = CpuControl.detect()
+        path = control.create(f"ddnn-profile-{os.getpid()}", None)  # unlimited while loading
+        if path is None:
+            log.warning("no CPU quota on this host (%s): device times are host times", control.why)
+            quota = None
+        try:
+            dev_layers = time_layers(
+                run, "device", repeats=repeats,
+                preexec_fn=None if path is None else enter_cgroup(path),
+                on_loaded=None if path is None else lambda: control.set_cores(path, quota),
+            )  # fmt: skip
+        finally:
+            if path is not None:
+                CpuControl.remove(path)
     srv_layers = time_layers(run, "server", repeats=repeats)
     dev_names = {s.name for s in model.spec.sections if s.tier == "device"}
     upper = [x for x in srv_layers if x["section"] not in dev_names]

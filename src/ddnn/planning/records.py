@@ -108,6 +108,9 @@ class RunProfile:
             "device_ms": self.device.summary(),
             "server_ms": self.server.summary(),
             "server_only_ms": self.server_only.summary(),
+            "sections_ms": [
+                {"section": s, "where": w, **t.summary()} for s, w, t in self.section_times()
+            ],
         }
         return doc
 
@@ -117,6 +120,16 @@ class RunProfile:
             raise DdnnError(f"{where}: not a {FORMAT} document; measure again with --remeasure")
         known = {f.name for f in fields(cls)}
         return from_dict(cls, {k: v for k, v in doc.items() if k in known}, where)
+
+    def section_times(self) -> list[tuple[str, str, Timing]]:
+        """(section, where, per-sample time): each section's layers summed repeat by repeat."""
+        groups: dict[tuple[str, str], list[tuple[float, ...]]] = {}
+        for t in self.layers:
+            groups.setdefault((t.section, t.where), []).append(t.time.samples_ms)
+        return [
+            (section, where, Timing(tuple(float(v) for v in np.sum(samples, axis=0))))
+            for (section, where), samples in groups.items()
+        ]
 
     def layer_rows(self) -> list[tuple[str, str, str, float, float]]:
         """(section, layer, where, median ms, p95 ms) for the layer table."""

@@ -32,6 +32,11 @@ def profile_text(profile: RunProfile, link: Any) -> str:
         "",
         markdown_table(LAYER_COLUMNS, profile.layer_rows()),
         "",
+        markdown_table(
+            ("section", "where", "median ms", "p95 ms", "mean ms"),
+            [(s, w, t.median, t.p95, t.mean) for s, w, t in profile.section_times()],
+        ),
+        "",
         "per sample: device section on the device "
         + _stat(profile.device.summary())
         + "; upper sections on the server "

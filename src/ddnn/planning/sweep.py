@@ -125,8 +125,10 @@ def _experiment(
 ) -> Experiment:
     model = copy.deepcopy(base["model"])
     sections = model["sections"]
-    if sections[0].get("tier") != "device" or len(sections) != 2:
-        raise DdnnError(f"{where}: the base must be a device section and one server section")
+    if sections[0].get("tier") != "device" or len(sections) != 2 or model.get("devices", 1) != 1:
+        raise DdnnError(
+            f"{where}: the base must have one device, a device section and one server section"
+        )
     device, server = sections
     old = device.get("layers", [])
     binarized = values.get("binarized", bool(old) and old[0].get("type") == "bconv")

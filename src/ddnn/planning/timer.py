@@ -1,11 +1,11 @@
 """Layer-by-layer timing of a stored model, in a child process of its own.
 
-`time_layers` starts `python -m ddnn.planning.timer` (optionally under a CPU quota via its
-`preexec_fn`), hands it one JSON line on stdin and reads one JSON object back. The child runs
-one sample at a time on one torch thread, as a device or server process does (runtime/cli.py),
-and times every layer of every repeat, so a sample's time is the sum of its own layers' times.
-Starting the child under the quota makes its imports slow too (torch takes seconds of CPU);
-only the timed loop counts.
+`time_layers` starts `python -m ddnn.planning.timer` (optionally in a cgroup via its
+`preexec_fn`), hands it one JSON line on stdin, waits for `loaded`, lets the caller set the CPU
+quota, says `go` and reads one JSON object back. The child runs one sample at a time on one
+torch thread, as a device or server process does (runtime/cli.py), and times every layer of
+every repeat, so a sample's time is the sum of its own layers' times. The quota comes after the
+imports because importing torch at 2 % of a core takes minutes; only the timed loop counts.
 """
 
 from __future__ import annotations
@@ -32,29 +32,43 @@ def time_layers(
     repeats: int,
     warmup: int = 10,
     preexec_fn: Callable[[], None] | None = None,
+    on_loaded: Callable[[], None] | None = None,
     timeout_s: float = 1800.0,
 ) -> list[dict[str, Any]]:
     """[{section, layer, samples_ms}] in execution order: the device section only ("device"),
-    or every section ("server": the device section too, for the server-only deployment)."""
+    or every section ("server": the device section too, for the server-only deployment).
+    `on_loaded` runs once the child has imported torch and loaded the model, before it warms up
+    and times: the moment to apply a CPU quota, so the imports are not slowed by it."""
     if where not in WHERE:
         raise ValueError(f"where must be one of {WHERE}, got {where!r}")
     config = {"run": str(run_dir), "where": where, "repeats": repeats, "warmup": warmup}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ddnn.planning.timer"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=preexec_fn,  # the cgroup placement precedes exec
+    )
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", "ddnn.planning.timer"],
-            input=json.dumps(config) + "\n",
-            capture_output=True,
-            text=True,
-            preexec_fn=preexec_fn,  # the cgroup placement precedes exec
-            timeout=timeout_s,
-            check=False,
-        )
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(json.dumps(config) + "\n")
+        proc.stdin.flush()
+        if proc.stdout.readline().strip() == "loaded" and on_loaded is not None:
+            on_loaded()
+        out, err = proc.communicate("go\n", timeout=timeout_s)
     except subprocess.TimeoutExpired as exc:
         raise DdnnError(f"timing {run_dir} on the {where} took over {timeout_s:.0f} s") from exc
-    if done.returncode != 0:
-        tail = "\n".join(done.stderr.strip().splitlines()[-8:])
+    except BrokenPipeError:  # it died before reading its config: stderr says why
+        out, err = proc.communicate()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if proc.returncode != 0:
+        tail = "\n".join(err.strip().splitlines()[-8:])
         raise DdnnError(f"timing {run_dir} on the {where} failed:\n{tail}")
-    return json.loads(done.stdout)["layers"]
+    return json.loads(out)["layers"]
 
 
 def _layer_name(section: Any, i: int) -> str:
@@ -113,6 +127,9 @@ def _child() -> None:
     config = json.loads(sys.stdin.readline())
     model = open_model(config["run"]).load().eval()
     steps = _steps(model, config["where"])
+    sys.stdout.write("loaded\n")
+    sys.stdout.flush()
+    sys.stdin.readline()  # "go": the parent has set the quota
     raw = torch.rand(1, *model.spec.view_shape, generator=torch.Generator().manual_seed(0))
     first_raw = {s.name for s in model.spec.sections if s.input == "raw"}
     samples: list[list[float]] = [[] for _ in steps]
