@@ -3,13 +3,23 @@ configurations, through the same `ddnn run` a user calls."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
 
-from ddnn.bench.emulated import link_at_rate
+from ddnn.bench.emulated import _finished, link_at_rate, run_emulated
 from ddnn.bench.table2 import bench_table2, table2_text
 from ddnn.emulation.profiles import load_link_profile
+from ddnn.runtime.config import DeploymentConfig
+from ddnn.runtime.protocol import MODES
+from ddnn.runtime.report import frames
+
+
+def split_rows(folder):
+    lines = (folder / "records-device+server.jsonl").read_text().splitlines()
+    return frames(json.loads(x) for x in lines)
+
 
 pytestmark = pytest.mark.integration
 
@@ -40,3 +50,13 @@ def test_table2_times_both_configurations_on_the_emulation(tiny_ddnn, tmp_path):
         assert row.mean_ms["total"] == pytest.approx(parts, rel=0.05, abs=0.5)
     text = table2_text(result)
     assert "pi4 + ethernet-100, threshold 0.4" in text and "link ethernet-100" in text
+    # the finished run is read back, not run again; another sample count would be run again
+    folder = tmp_path / tiny_ddnn.name
+    kwargs = {"device_profile": "pi4", "link": "ethernet-100", "threshold": 0.4, "reuse": True}
+    again = run_emulated(tiny_ddnn, folder, samples=6, **kwargs)
+    assert [len(again.rows[m]) for m in MODES] == [6, 6]
+    assert again.rows["device+server"][0] == split_rows(folder)[0]
+    config = DeploymentConfig(
+        devices=1, samples=7, thresholds=(0.4,), device_profile="pi4", link="ethernet-100"
+    )
+    assert _finished(tiny_ddnn, folder, config) is None

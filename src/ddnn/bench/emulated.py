@@ -8,7 +8,8 @@ link, another rate), so every emulated run goes through the same `ddnn run` code
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import logging
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from ddnn.runtime.config import ALL_MODES, DeploymentConfig
 from ddnn.runtime.protocol import MODES
 from ddnn.runtime.report import frames
 from ddnn.runtime.runner import run_deployment
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -49,10 +52,12 @@ def run_emulated(
     threshold: float | None,
     samples: int,
     modes: tuple[str, ...] = MODES,
+    reuse: bool = False,
 ) -> Emulated:
     """`ddnn run RUN --devices 1 --samples N [--threshold T] [--mode M] --device-profile P
     --link L`: one device, back to back (a sample's time is its own, not a queue's); both modes
-    share one broker, server and emulation."""
+    share one broker, server and emulation. `reuse`: a finished run of the same model, samples,
+    threshold and profiles already in `out_dir` is read instead of run again."""
     config = DeploymentConfig(
         devices=1,
         samples=samples,
@@ -62,9 +67,44 @@ def run_emulated(
         link=link,
     )
     out = Path(out_dir)
-    report = run_deployment(run_dir, out, config)
+    report = _finished(run_dir, out, config) if reuse else None
+    if report is None:
+        report = run_deployment(run_dir, out, config)
+    else:
+        log.info("%s: reusing the finished run", out)
     rows = {}
     for mode in config.modes:
         lines = (out / f"records-{mode}.jsonl").read_text().splitlines()
         rows[mode] = frames(json.loads(x) for x in lines)
     return Emulated(report, rows)
+
+
+def _finished(run_dir: str | Path, out: Path, config: DeploymentConfig) -> dict[str, Any] | None:
+    """The report of a finished run in `out` that `config` would repeat, or None."""
+    from ddnn.emulation.profiles import load_device_profile
+    from ddnn.runtime.executor import exit_thresholds
+    from ddnn.store.artifact import open_model
+
+    try:
+        report = json.loads((out / "report.json").read_text())
+    except (OSError, ValueError):
+        return None
+    stored = open_model(run_dir)
+    emulation = report.get("emulation") or {}
+    assert config.device_profile is not None and config.link is not None
+    device = asdict(load_device_profile(config.device_profile))
+    link = asdict(load_link_profile(config.link))
+    same = {
+        "model": (report.get("model"), report.get("version")) == (stored.name, stored.version),
+        "samples": report.get("samples_requested") == config.samples,
+        "thresholds": report.get("thresholds") == exit_thresholds(stored.spec, config.thresholds),
+        "device": _figures(emulation.get("device_profile")) == _figures(device),
+        "link": _figures(emulation.get("link_profile")) == _figures(link),
+        "modes": all((out / f"records-{m}.jsonl").is_file() for m in config.modes),
+    }
+    return report if all(same.values()) else None
+
+
+def _figures(profile: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A profile's figures, not where its file lies."""
+    return None if profile is None else {k: v for k, v in profile.items() if k != "path"}

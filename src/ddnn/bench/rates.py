@@ -24,6 +24,8 @@ from ddnn.tables import markdown_table
 
 log = logging.getLogger(__name__)
 
+SEARCH = 100.0  # predicted crossings are looked for from min(rates) / SEARCH to max * SEARCH
+
 
 @dataclass(frozen=True)
 class RatePoint:
@@ -49,7 +51,7 @@ class CrossoverResult:
     samples: int
     points: tuple[RatePoint, ...]
     crossings: dict[str, dict[str, str]]
-    rates: tuple[float, float]  # the range the crossings were looked for in
+    rates: tuple[float, float]  # the plotted range (crossings are looked for SEARCH x wider)
     curves: dict[str, dict[str, Curve]] = field(repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -98,6 +100,7 @@ def bench_crossover(
     crossings: dict[str, dict[str, str]] = {}
     curves: dict[str, dict[str, Curve]] = {}
     lo, hi = min(rates), max(rates)
+    far_lo, far_hi = lo / SEARCH, hi * SEARCH  # a crossing just outside the plot is an answer
     for run in runs:
         design = Path(run).name
         predicted = predictor(run, device_profile, link, threshold, repeats)
@@ -107,7 +110,7 @@ def bench_crossover(
             path = link_at_rate(base, rate, out / "links")
             found = run_emulated(
                 run, out / design / f"{rate:g}mbit", device_profile=device_profile,
-                link=str(path), threshold=threshold, samples=samples,
+                link=str(path), threshold=threshold, samples=samples, reuse=True,
             )  # fmt: skip
             measured[rate] = {m: [r["total_ms"] for r in found.rows[m]] for m in MODES}
         for rate in sorted({*rates, *measure_rates}):
@@ -123,7 +126,7 @@ def bench_crossover(
         curves[design] = {m: (lambda r, m=m, f=predicted: f(m, r)) for m in MODES}
         crossings[design] = {
             "predicted": crossings_text(
-                curves[design][DEVICE_SERVER], curves[design][SERVER_ONLY], lo, hi
+                curves[design][DEVICE_SERVER], curves[design][SERVER_ONLY], far_lo, far_hi
             )
         }
         if len(measured) >= 2:
