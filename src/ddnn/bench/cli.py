@@ -108,7 +108,11 @@ def _add_emulation_flags(p: argparse.ArgumentParser, samples: int) -> None:
     p.add_argument("--device-profile", required=True, help="a device profile name or TOML file")
     p.add_argument("--link", required=True, help="a link profile name or TOML file")
     p.add_argument("--samples", type=int, default=samples, help="test samples per emulated run")
-    p.add_argument("--out", default="bench-codesign", help="folder for the runs' reports")
+    p.add_argument(
+        "--out", default="bench-codesign",
+        help="folder for the runs' reports; a finished run of the same model, samples, threshold "
+        "and profiles already in it is read back, not run again",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 

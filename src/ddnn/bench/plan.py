@@ -153,7 +153,7 @@ def bench_plan(
         folder = Path(out_dir) / design_name(p).replace(" ", "_").replace("+", "-")
         found = run_emulated(
             p.run, folder, device_profile=device_profile, link=link, threshold=p.threshold,
-            samples=samples, modes=(p.mode,),
+            samples=samples, modes=(p.mode,), reuse=True,
         )  # fmt: skip
         calibrations.append(found.report.get("emulation", {}).get("calibration", {}))
         return found.rows[p.mode]
@@ -161,5 +161,5 @@ def bench_plan(
     checks = check_designs(picked, measure)
     return PlanBench(
         device.name, link_profile.name, design_name(recommended) if recommended else None,
-        tuple(checks), {"plan": plan.calibration, "runs": calibrations},
+        tuple(checks), {"plan": plan.calibrations, "runs": calibrations},
     )  # fmt: skip

@@ -183,7 +183,7 @@ def plot_crossover(result: CrossoverResult, path: str | Path) -> None:
 
     lo, hi = result.rates
     grid = np.geomspace(lo, hi, 120)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9.5, 4.5))
     for i, (design, curves) in enumerate(result.curves.items()):
         colour = f"C{i}"
         for mode, style, marker in ((DEVICE_SERVER, "-", "o"), (SERVER_ONLY, "--", "s")):
@@ -207,7 +207,7 @@ def plot_crossover(result: CrossoverResult, path: str | Path) -> None:
         f"threshold {result.threshold:g}"
     )
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

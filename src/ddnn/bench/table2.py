@@ -110,7 +110,7 @@ def bench_table2(
         offline = offline_accuracy(run, threshold)
         found = run_emulated(
             run, Path(out_dir) / design, device_profile=device_profile, link=link,
-            threshold=threshold, samples=samples, modes=MODES,
+            threshold=threshold, samples=samples, modes=MODES, reuse=True,
         )  # fmt: skip
         emulation = found.report.get("emulation", {})
         rows += [tier_row(design, mode, offline, found.rows[mode]) for mode in MODES]
