@@ -51,7 +51,7 @@ class Table2:
     threshold: float
     samples: int
     rows: tuple[TierRow, ...]
-    emulation: dict[str, Any]
+    emulation: dict[str, dict[str, Any]]  # design -> its run's emulation (profiles, notes)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,7 +104,7 @@ def bench_table2(
 ) -> Table2:
     """Every run in both configurations on the emulation."""
     rows: list[TierRow] = []
-    emulation: dict[str, Any] = {}
+    emulation: dict[str, dict[str, Any]] = {}
     for run in runs:
         design = Path(run).name
         offline = offline_accuracy(run, threshold)
@@ -112,7 +112,7 @@ def bench_table2(
             run, Path(out_dir) / design, device_profile=device_profile, link=link,
             threshold=threshold, samples=samples, modes=MODES, reuse=True,
         )  # fmt: skip
-        emulation = found.report.get("emulation", {})
+        emulation[design] = found.report.get("emulation", {})
         rows += [tier_row(design, mode, offline, found.rows[mode]) for mode in MODES]
     return Table2(device_profile, link, threshold, samples, tuple(rows), emulation)
 
@@ -144,5 +144,6 @@ def table2_text(result: Table2) -> str:
         f"{result.device_profile} + {result.link}, threshold {result.threshold:g}: "
         "accuracy (%) on the test split, times (ms, mean per sample) measured on the emulation"
     )
-    notes = "\n".join(f"- {n}" for n in result.emulation.get("notes", []))
+    seen = [n for e in result.emulation.values() for n in e.get("notes", [])]
+    notes = "\n".join(f"- {n}" for n in dict.fromkeys(seen))  # each note once, in order
     return f"{head}\n\n{markdown_table(COLUMNS, lines)}" + (f"\n\n{notes}" if notes else "")
