@@ -48,3 +48,41 @@ def test_a_quota_changes_live_and_lifts():
         control.set_cores(path, 0.3)
     finally:
         assert CpuControl.remove(path)
+
+
+def test_without_a_cpu_controller_it_warns_in_one_line_and_yields_none(monkeypatch, caplog):
+    monkeypatch.setattr(CpuControl, "detect", staticmethod(lambda: CpuControl("none", None, "x")))
+    with cpu_limited(0.5, "ddnn-test-none") as enter:
+        assert enter is None
+    assert "CPU quota NOT applied: x" in caplog.text
+
+
+def test_an_emulated_device_runs_at_its_quota_and_limit_cpu_lifts_it():
+    _control()
+    from ddnn.emulation.calibrate import Calibration
+    from ddnn.emulation.profiles import DeviceProfile
+    from ddnn.emulation.session import EmulatedDevices
+
+    board = DeviceProfile("quarter", "a quarter of this host's core", 25.0, 1, 64, "test")
+    emu = EmulatedDevices(
+        1, broker=("127.0.0.1", 1), device=board, calibration=Calibration(host_gflops=100.0)
+    )  # fmt: skip
+
+    def spin() -> float:
+        proc = emu.popen(0, [sys.executable, "-c", SPIN], stdout=subprocess.PIPE, text=True)
+        return float(proc.communicate(timeout=60)[0])
+
+    def throttled_periods() -> int:
+        path = emu.cgroup(0)
+        assert path is not None
+        stat = dict(line.split() for line in (path / "cpu.stat").read_text().splitlines())
+        return int(stat["nr_throttled"])
+
+    with emu:
+        assert emu.quota_cores == 0.25
+        assert spin() > 0.1 / 0.25 * 0.7  # 0.1 s of CPU at a quarter core
+        before = throttled_periods()
+        assert before > 0
+        emu.limit_cpu(False)
+        spin()  # wall time says little on a busy host: the kernel's count says it was free
+        assert throttled_periods() == before

@@ -134,7 +134,8 @@ class EmulatedDevices:
             self.notes.append("CPU NOT emulated (no device profile): devices run at host speed")
         self.notes.append(
             "not emulated: loss, jitter, the device's RAM and cores (one torch thread runs), "
-            "its memory bandwidth, and Python overhead's different ratio on ARM"
+            "its memory bandwidth, and Python overhead's different ratio on ARM; the broker, "
+            "server and edge run on this host"
         )
 
     def _setup_links(self, link: LinkProfile) -> None:
@@ -226,6 +227,10 @@ class EmulatedDevices:
             return f"mqtt://{self.broker[0]}:{self.broker[1]}"
         host, port = dev.relay.address
         return f"mqtt://{host}:{port}"
+
+    def cgroup(self, i: int) -> Path | None:
+        """Device i's cgroup folder (its cpu.stat says how often the quota throttled it)."""
+        return self._devices[i].cgroup
 
     def popen(self, i: int, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
         """Start argv inside device i's namespace and cgroup (Popen's keywords pass through)."""
