@@ -86,3 +86,25 @@ def test_an_emulated_device_runs_at_its_quota_and_limit_cpu_lifts_it():
         emu.limit_cpu(False)
         spin()  # wall time says little on a busy host: the kernel's count says it was free
         assert throttled_periods() == before
+
+
+def test_a_dilated_block_takes_slowdown_times_its_cpu_time(monkeypatch):
+    import time
+
+    from ddnn.emulation.cpu import SLOWDOWN_ENV, dilated, slowdown_from_env
+
+    def busy(seconds: float) -> None:
+        start = time.process_time()
+        while time.process_time() - start < seconds:
+            pass
+
+    start = time.perf_counter()
+    with dilated(4.0):
+        busy(0.02)
+    assert time.perf_counter() - start >= 0.02 * 4 * 0.95  # 20 ms of CPU, then 60 ms asleep
+    monkeypatch.setenv(SLOWDOWN_ENV, "55.5")
+    assert slowdown_from_env() == 55.5
+    monkeypatch.setenv(SLOWDOWN_ENV, "0.5")  # faster than the host: nothing to dilate
+    assert slowdown_from_env() is None
+    monkeypatch.delenv(SLOWDOWN_ENV)
+    assert slowdown_from_env() is None
