@@ -235,6 +235,7 @@ AREAS: Sequence[str] = (
     "ddnn.export.cli",
     "ddnn.distributed.cli",
     "ddnn.bench.cli",
+    "ddnn.planning.cli",
 )
 
 

@@ -26,6 +26,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("store",),
     ("export",),
     ("runtime", "train"),
+    ("planning",),
     ("distributed",),
     ("bench",),
     ("cli",),

@@ -1,0 +1,249 @@
+"""`profile_run`: measure a run on a device and link profile, and keep the result in the run
+folder (RUN/profiles/<device>-<link>.json) for reuse.
+
+Times come from two timing children (planning/timer.py): one under the CPU quota that emulates
+the device, one without (the server). Exit rates and accuracy per threshold come from the
+validation split, through evaluate's sweep; bytes from the wire format (planning/wire.py);
+device RAM and flash from the C export's footprint, computed without a compiler.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ddnn.config import to_dict
+from ddnn.emulation.calibrate import Calibration
+from ddnn.emulation.calibrate import calibrate as calibrate_host
+from ddnn.emulation.cpu import CpuControl, enter_cgroup
+from ddnn.emulation.profiles import DeviceProfile, LinkProfile
+from ddnn.errors import DdnnError
+from ddnn.evaluate.calibrate import sweep
+from ddnn.evaluate.runner import collect_outputs, evaluate_outputs
+from ddnn.model.hierarchy import HierarchicalModel
+from ddnn.model.outputs import payload_bytes
+from ddnn.planning.records import LayerTime, RunProfile, ThresholdRow, Timing
+from ddnn.planning.timer import time_layers
+from ddnn.planning.wire import server_only_wire, split_wire
+from ddnn.store.artifact import StoredModel, open_model
+from ddnn.store.durable import json_bytes, replace_files
+
+log = logging.getLogger(__name__)
+
+PROFILES_DIR = "profiles"
+DEFAULT_REPEATS = 200
+
+
+def profile_path(run_dir: str | Path, device: DeviceProfile, link: LinkProfile) -> Path:
+    return Path(run_dir) / PROFILES_DIR / f"{device.name}-{link.name}.json"
+
+
+def profile_figures(profile: DeviceProfile | LinkProfile) -> dict[str, Any]:
+    """The figures a profile stands for (not where its file lies)."""
+    return {k: v for k, v in to_dict(profile).items() if k != "path"}
+
+
+def model_id(stored: StoredModel) -> str:
+    """Names the exact weights: a retrained run is measured again."""
+    text = json.dumps([stored.name, stored.version, sorted(stored.hashes.items())])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _checked(run_dir: str | Path) -> StoredModel:
+    stored = open_model(run_dir)
+    if stored.spec.devices > 1:
+        raise DdnnError(
+            f"{run_dir}: model {stored.name!r} has {stored.spec.devices} devices; the planner "
+            "models one device and one server (train a model with devices = 1)"
+        )
+    return stored
+
+
+def _key(stored: StoredModel, device: DeviceProfile, link: LinkProfile, repeats: int) -> dict:
+    """What a stored profile must have been measured with to be reused."""
+    return {
+        "model_id": model_id(stored), "host": platform.node(), "repeats": repeats,
+        "device_profile": profile_figures(device), "link_profile": profile_figures(link),
+    }  # fmt: skip
+
+
+def stored_profile(
+    run_dir: str | Path, device: DeviceProfile, link: LinkProfile, repeats: int = DEFAULT_REPEATS
+) -> RunProfile | None:
+    """The stored profile of `run_dir` if it was measured for the same weights, profiles, host
+    and repeats; None when there is none or it is stale."""
+    stored = _checked(run_dir)
+    return _stored_profile(profile_path(run_dir, device, link), _key(stored, device, link, repeats))
+
+
+def profile_run(
+    run_dir: str | Path,
+    device: DeviceProfile,
+    link: LinkProfile,
+    calibration: Calibration | None = None,
+    *,
+    repeats: int = DEFAULT_REPEATS,
+    remeasure: bool = False,
+    limit: int | None = None,
+) -> RunProfile:
+    """The profile of `run_dir` on `device` and `link`: the stored one (`stored_profile`)
+    unless `remeasure`, else measured now (calibrating the host first when `calibration` is
+    None) and stored."""
+    if repeats < 5:
+        raise DdnnError(f"repeats must be at least 5 for a p95, got {repeats}")
+    stored = _checked(run_dir)
+    path = profile_path(run_dir, device, link)
+    key = _key(stored, device, link, repeats)
+    if not remeasure:
+        found = _stored_profile(path, key)
+        if found is not None:
+            log.info("reusing %s", path)
+            return found
+    calibration = calibration or calibrate_host()
+    profile = _measure(stored, device, calibration, key, repeats=repeats, limit=limit)
+    replace_files(Path(run_dir), {f"{PROFILES_DIR}/{path.name}": json_bytes(profile.to_dict())})
+    return profile
+
+
+def _stored_profile(path: Path, key: dict[str, Any]) -> RunProfile | None:
+    """The stored profile if it matches `key`; None when absent, stale or unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+        profile = RunProfile.from_dict(doc, str(path))
+    except (json.JSONDecodeError, UnicodeDecodeError, DdnnError) as exc:
+        log.warning("%s is unreadable (%s): measuring again", path, exc)
+        return None
+    stale = [k for k, v in key.items() if doc.get(k) != v]
+    if stale:
+        log.info("%s was measured with another %s: measuring again", path, ", ".join(stale))
+        return None
+    return profile
+
+
+def _measure(
+    stored: StoredModel,
+    device: DeviceProfile,
+    calibration: Calibration,
+    key: dict[str, Any],
+    *,
+    repeats: int,
+    limit: int | None,
+) -> RunProfile:
+    run = str(stored.folder)
+    model = stored.load()
+    quota: float | None = calibration.quota_cores(device)
+    dev_layers: list[dict[str, Any]] = []
+    if model.spec.device_section is not None:
+        control = CpuControl.detect()
+        path = control.create(f"ddnn-profile-{os.getpid()}", None)  # unlimited while loading
+        if path is None:
+            log.warning("no CPU quota on this host (%s): device times are host times", control.why)
+            quota = None
+        try:
+            dev_layers = time_layers(
+                run, "device", repeats=repeats,
+                preexec_fn=None if path is None else enter_cgroup(path),
+                on_loaded=None if path is None else lambda: control.set_cores(path, quota),
+            )  # fmt: skip
+        finally:
+            if path is not None:
+                CpuControl.remove(path)
+    srv_layers = time_layers(run, "server", repeats=repeats)
+    dev_names = {s.name for s in model.spec.sections if s.tier == "device"}
+    upper = [x for x in srv_layers if x["section"] not in dev_names]
+    layers = [LayerTime(x["section"], x["layer"], "device", _timing(x)) for x in dev_layers]
+    layers += [LayerTime(x["section"], x["layer"], "server", _timing(x)) for x in srv_layers]
+    rows, cloud_only, samples = _threshold_rows(stored, model, limit)
+    ram, flash = _footprint(model)
+    return RunProfile(
+        run=run,
+        model=stored.name,
+        model_id=key["model_id"],
+        host=key["host"],
+        device_profile=key["device_profile"],
+        link_profile=key["link_profile"],
+        calibration=calibration.to_dict(),
+        quota_cores=quota,
+        repeats=repeats,
+        layers=tuple(layers),
+        device=_per_sample(dev_layers, repeats),
+        server=_per_sample(upper, repeats),
+        server_only=_per_sample(srv_layers, repeats),
+        exit_bytes=_exit_bytes(model),
+        split_wire=split_wire(model),
+        server_only_wire=server_only_wire(model),
+        thresholds=tuple(rows),
+        cloud_only_accuracy=cloud_only,
+        validation_samples=samples,
+        device_ram_bytes=ram,
+        device_flash_bytes=flash,
+        measured_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+
+
+def _timing(layer: dict[str, Any]) -> Timing:
+    return Timing(tuple(float(v) for v in layer["samples_ms"]))
+
+
+def _per_sample(layers: list[dict[str, Any]], repeats: int) -> Timing:
+    """A sample's time: the sum of its own layers' times in the same repeat."""
+    if not layers:
+        return Timing(tuple(0.0 for _ in range(repeats)))
+    total = np.sum([np.asarray(x["samples_ms"]) for x in layers], axis=0)  # [repeats]
+    return Timing(tuple(float(v) for v in total))
+
+
+def _exit_bytes(model: HierarchicalModel) -> dict[str, int]:
+    """Payload bytes of one sample's features past each section (what a cut there sends)."""
+    out = {}
+    if model.spec.device_section is not None:
+        out[model.spec.device_section.name] = payload_bytes(model.devices[0])  # type: ignore[arg-type]
+    for name, section in model.upper.items():
+        out[name] = payload_bytes(section)  # type: ignore[arg-type]
+    return out
+
+
+def _threshold_rows(
+    stored: StoredModel, model: HierarchicalModel, limit: int | None
+) -> tuple[list[ThresholdRow], float, int]:
+    """Exit rate, accuracy and payload per threshold on the validation split."""
+    split = stored.data_source().load(val_fraction=0.1).val.head(limit)
+    outputs = collect_outputs(model, split)
+    reports = sweep(outputs, lambda t: evaluate_outputs(model, outputs, t))
+    rows = [
+        ThresholdRow(
+            threshold=float(r["threshold"]),
+            local_exit_fraction=float(r["local_exit_fraction"]),
+            accuracy=float(r["accuracy"]["overall"]),
+            payload_bytes_per_sample=float(r["bytes_per_sample"]),
+        )
+        for r in reports
+    ]
+    return rows, float(reports[0]["accuracy"]["cloud_only"]), len(outputs)
+
+
+def _footprint(model: HierarchicalModel) -> tuple[int | None, int | None]:
+    """(static RAM, const weights) in bytes of the device section's C export, or Nones when it
+    cannot be lowered to C (the export says why; logged)."""
+    from ddnn.export.cexport import exit_rule
+    from ddnn.export.csource import generate
+    from ddnn.export.ir import lower_device
+
+    if model.spec.device_section is None:
+        return None, None
+    try:
+        footprint = generate(lower_device(model, 0), exit_rule(model), "profile").footprint
+    except DdnnError as exc:
+        log.warning("no C export of the device section: %s", exc)
+        return None, None
+    return footprint.activation_bytes, footprint.weight_bytes

@@ -1,0 +1,85 @@
+"""`ddnn profile`'s text: the layer times, the bytes at each cut and the exits per threshold,
+with the predictions on the profile's link beside them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ddnn.planning.predict import predict_all
+from ddnn.planning.records import RunProfile
+from ddnn.tables import markdown_table
+
+LAYER_COLUMNS = ("section", "layer", "where", "median ms", "p95 ms")
+THRESHOLD_COLUMNS = (
+    "T", "local exit", "accuracy", "payload B/sample", "MQTT B/sample", "T_total mean ms",
+    "T_total p95 ms",
+)  # fmt: skip
+
+
+def profile_text(profile: RunProfile, link: Any) -> str:
+    dev, cal = profile.device_profile, profile.calibration
+    quota = (
+        f"{profile.quota_cores:.3g} host cores"
+        if profile.quota_cores is not None
+        else "none (no CPU controller: host speed)"
+    )
+    lines = [
+        f"{profile.model} ({profile.run}) on {dev.get('name')} ({dev.get('gflops')} GFLOPS) "
+        f"and {link.name} ({link.rate_mbit:g} Mbit/s, {link.delay_ms:g} ms one way)",
+        f"calibration: host {cal.get('host_gflops', float('nan')):.3g} GFLOPS on "
+        f"{cal.get('workload', '?')} at {cal.get('measured_at', '?')}; CPU quota {quota}; "
+        f"{profile.repeats} samples one at a time, measured {profile.measured_at}",
+        "",
+        markdown_table(LAYER_COLUMNS, profile.layer_rows()),
+        "",
+        markdown_table(
+            ("section", "where", "median ms", "p95 ms", "mean ms"),
+            [(s, w, t.median, t.p95, t.mean) for s, w, t in profile.section_times()],
+        ),
+        "",
+        "per sample: device section on the device "
+        + _stat(profile.device.summary())
+        + "; upper sections on the server "
+        + _stat(profile.server.summary())
+        + "; whole model on the server (server-only) "
+        + _stat(profile.server_only.summary()),
+        "payload bytes past each section: "
+        + ", ".join(f"{k} {v} B" for k, v in profile.exit_bytes.items()),
+    ]
+    for label, wire in (("offload", profile.split_wire), ("server-only", profile.server_only_wire)):
+        if wire is not None:
+            lines.append(
+                f"{label} request: frame {wire.request_frame} B, MQTT {wire.request_mqtt} B, "
+                f"with TCP/IP {wire.request_wire} B; reply: {wire.reply_frame} / "
+                f"{wire.reply_mqtt} / {wire.reply_wire} B (MQTT exact, TCP/IP derived)"
+            )
+    if profile.device_ram_bytes is not None:
+        lines.append(
+            f"device C export: {profile.device_ram_bytes} B static RAM, "
+            f"{profile.device_flash_bytes} B weights (flash)"
+        )
+    preds = predict_all(profile, link.rate_mbit, link.delay_ms)
+    split, only = preds[:-1], preds[-1]  # no device section: no split predictions
+    rows: list[list[Any]] = []
+    for i, r in enumerate(profile.thresholds):
+        times = [None, None, None] if not split else [
+            split[i].mqtt_bytes_per_sample, split[i].t_total_ms.mean, split[i].t_total_ms.p95
+        ]  # fmt: skip
+        rows.append([r.threshold, r.local_exit_fraction, r.accuracy, r.payload_bytes_per_sample,
+                     *times])  # fmt: skip
+    rows.append(
+        ["server-only", 0.0, only.accuracy, None, only.mqtt_bytes_per_sample,
+         only.t_total_ms.mean, only.t_total_ms.p95]
+    )  # fmt: skip
+    lines += [
+        "",
+        f"exits per threshold on {profile.validation_samples} validation samples, "
+        f"predicted on {link.name}:",
+        "",
+        markdown_table(THRESHOLD_COLUMNS, rows),
+    ]
+    return "\n".join(lines)
+
+
+def _stat(s: dict[str, float]) -> str:
+    return f"median {s['median']:.3g} ms, p95 {s['p95']:.3g} ms"

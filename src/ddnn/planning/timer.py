@@ -1,0 +1,155 @@
+"""Layer-by-layer timing of a stored model, in a child process of its own.
+
+`time_layers` starts `python -m ddnn.planning.timer` (optionally in a cgroup via its
+`preexec_fn`), hands it one JSON line on stdin, waits for `loaded`, lets the caller set the CPU
+quota, says `go` and reads one JSON object back. The child runs one sample at a time on one
+torch thread, as a device or server process does (runtime/cli.py), and times every layer of
+every repeat, so a sample's time is the sum of its own layers' times. The quota comes after the
+imports because importing torch at 2 % of a core takes minutes; only the timed loop counts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ddnn.errors import DdnnError
+
+log = logging.getLogger(__name__)
+
+WHERE = ("device", "server")
+
+
+def time_layers(
+    run_dir: str,
+    where: str,
+    *,
+    repeats: int,
+    warmup: int = 10,
+    preexec_fn: Callable[[], None] | None = None,
+    on_loaded: Callable[[], None] | None = None,
+    timeout_s: float = 1800.0,
+) -> list[dict[str, Any]]:
+    """[{section, layer, samples_ms}] in execution order: the device section only ("device"),
+    or every section ("server": the device section too, for the server-only deployment).
+    `on_loaded` runs once the child has imported torch and loaded the model, before it warms up
+    and times: the moment to apply a CPU quota, so the imports are not slowed by it."""
+    if where not in WHERE:
+        raise ValueError(f"where must be one of {WHERE}, got {where!r}")
+    config = {"run": str(run_dir), "where": where, "repeats": repeats, "warmup": warmup}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ddnn.planning.timer"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=preexec_fn,  # the cgroup placement precedes exec
+    )
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(json.dumps(config) + "\n")
+        proc.stdin.flush()
+        if proc.stdout.readline().strip() == "loaded" and on_loaded is not None:
+            on_loaded()
+        out, err = proc.communicate("go\n", timeout=timeout_s)
+    except subprocess.TimeoutExpired as exc:
+        raise DdnnError(f"timing {run_dir} on the {where} took over {timeout_s:.0f} s") from exc
+    except BrokenPipeError:  # it died before reading its config: stderr says why
+        out, err = proc.communicate()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if proc.returncode != 0:
+        tail = "\n".join(err.strip().splitlines()[-8:])
+        raise DdnnError(f"timing {run_dir} on the {where} failed:\n{tail}")
+    return json.loads(out)["layers"]
+
+
+def _layer_name(section: Any, i: int) -> str:
+    if i < len(section.spec.layers):
+        layer = section.spec.layers[i]
+        return f"{i}: {layer.type}" + (f" {layer.out}" if layer.out else "")
+    return f"{i}"
+
+
+def _steps(model: Any, where: str) -> list[tuple[str, str, Callable[[Any], Any]]]:
+    """(section, layer, function) in the order one sample meets them."""
+    from ddnn.model.fusion import fuse
+
+    steps: list[tuple[str, str, Callable[[Any], Any]]] = []
+    spec = model.spec
+    dev = spec.device_section
+    if dev is not None:
+        section = model.devices[0]
+        steps.append((dev.name, "input", model.normalize))
+        steps += [(dev.name, _layer_name(section, i), b) for i, b in enumerate(section.body)]
+        if section.exit_head is not None:
+            steps.append((dev.name, "exit", _keep(section.exit_head)))
+    if where == "device":
+        return steps
+    for name, section in model.upper.items():
+        s = section.spec
+
+        def enter(x: Any, s: Any = s) -> Any:
+            x = model.normalize(x) if s.input == "raw" else x
+            return fuse(x.unsqueeze(1), None, s.aggregate)  # one device row: [1, 1, ...]
+
+        steps.append((name, "input", enter))
+        steps += [(name, _layer_name(section, i), b) for i, b in enumerate(section.body)]
+        if section.exit_head is not None:
+            steps.append((name, "exit", _keep(section.exit_head)))
+    return steps
+
+
+def _keep(head: Any) -> Callable[[Any], Any]:
+    """An exit head's call that passes the features on (the next section reads them)."""
+
+    def run(x: Any) -> Any:
+        head(x)
+        return x
+
+    return run
+
+
+def _child() -> None:
+    """The timing child: config on stdin, {"layers": [...]} on stdout."""
+    import torch
+
+    from ddnn.store.artifact import open_model
+
+    torch.set_num_threads(1)
+    config = json.loads(sys.stdin.readline())
+    model = open_model(config["run"]).load().eval()
+    steps = _steps(model, config["where"])
+    sys.stdout.write("loaded\n")
+    sys.stdout.flush()
+    sys.stdin.readline()  # "go": the parent has set the quota
+    raw = torch.rand(1, *model.spec.view_shape, generator=torch.Generator().manual_seed(0))
+    first_raw = {s.name for s in model.spec.sections if s.input == "raw"}
+    samples: list[list[float]] = [[] for _ in steps]
+    with torch.inference_mode():
+        for r in range(config["warmup"] + config["repeats"]):
+            x = raw
+            for i, (section, _, fn) in enumerate(steps):
+                if section in first_raw and steps[i][1] == "input":
+                    x = raw  # Big-Little's big net reads the raw view
+                t0 = time.perf_counter_ns()
+                x = fn(x)
+                t1 = time.perf_counter_ns()
+                if r >= config["warmup"]:
+                    samples[i].append((t1 - t0) / 1e6)
+    layers = [
+        {"section": s, "layer": name, "samples_ms": times}
+        for (s, name, _), times in zip(steps, samples, strict=True)
+    ]
+    sys.stdout.write(json.dumps({"layers": layers}))
+
+
+if __name__ == "__main__":
+    _child()
