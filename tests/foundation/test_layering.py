@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("store",),
     ("export",),
     ("runtime", "train"),
-    ("distributed",),
+    ("distributed", "rollout"),
     ("bench",),
     ("cli",),
 )
