@@ -285,3 +285,84 @@ def test_live_models_refuse_a_version_clash_and_list_what_rollback_can_reach(ver
         db.deploy(clash)
     assert db.deploy(v2).version == 2 and db.deploy_version("ddnn", 1).version == 1
     assert db.rollback("ddnn").version == 2 and db.current == {"ddnn": 2}
+
+
+# -- several devices: the edge sees to it that they switch together -----------------------------
+
+
+@pytest.fixture(scope="module")
+def multiview_versions(tiny_multiview, tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("mv-versions")
+    v1 = Path(shutil.copytree(tiny_multiview, root / "v1"))
+    model = load_model(v1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    return v1, save_model(model, root / "v2", version=2, parent=str(v1))
+
+
+def test_the_devices_of_a_multi_device_model_switch_at_the_frame_the_edge_announces(
+    broker, multiview_versions, tmp_path
+):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ddnn.runtime.config import EdgeConfig
+    from ddnn.runtime.edge import EdgeAggregator
+
+    v1, v2 = multiview_versions
+    spec = read_spec(v1)
+    transports = [create_transport(broker.url) for _ in range(6)]
+    db = CountingModels([v1], grace_s=0.5)
+    server = InferenceServer(transports[0], db, ServerConfig(workers=1))
+    control = RolloutControl(transports[0], db, chunk_bytes=4096, check_every_s=0.1)
+    edge_config = EdgeConfig(follow="mqtt", switch_after_frames=5, thresholds=(0.0,))
+    edge = EdgeAggregator(transports[1], device_folder(v1, tmp_path / "edge"), edge_config)
+    devices = [
+        DeviceClient(
+            transports[2 + i],
+            device_folder(v1, tmp_path / f"dev{i}"),
+            DeviceConfig(device_id=f"dev{i}", index=i, thresholds=(0.0,), follow="mqtt"),
+        )
+        for i in range(4)
+    ]
+    xs = [views(4, spec, i)[0] for i in range(4)]
+    records: list = []
+    services = [server, control, edge, *devices]
+    try:
+        for s in services:
+            s.start()
+        with ThreadPoolExecutor(4) as pool:
+
+            def frame(f: int) -> list:
+                jobs = [pool.submit(d.infer, xs[i][f % 4], f) for i, d in enumerate(devices)]
+                out = [j.result() for j in jobs]
+                records.extend(out)
+                return out
+
+            for f in range(5):
+                frame(f)
+            with create_transport(broker.url) as t:
+                command = new_command(DEPLOY, run=str(v2))
+                assert send_command(t, command, operator="operator").ok
+            f = 5
+            deadline = time.monotonic() + 30
+            while not all(r.version == 2 for r in frame(f)):
+                assert time.monotonic() < deadline, "the devices never switched"
+                f += 1
+                time.sleep(0.02)
+            for f in range(f + 1, f + 4):
+                frame(f)
+    finally:
+        for s in reversed(services):
+            s.close()
+        for t in transports:
+            t.close()
+    by_frame: dict[int, set[int]] = {}
+    for r in records:
+        by_frame.setdefault(r.frame_id, set()).add(r.version)
+        assert r.status == "ok", r  # none lost, none answered locally for a version clash
+    assert all(len(v) == 1 for v in by_frame.values()), by_frame  # never mixed within a frame
+    assert len(records) == 4 * len(by_frame)  # one record per device and frame
+    # the edge forwarded each frame once, with the frame's version, and was answered with it
+    frames_per_version = Counter(next(iter(v)) for v in by_frame.values())
+    assert frames_per_version == db.answered and set(db.answered) == {1, 2}

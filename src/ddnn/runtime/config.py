@@ -158,6 +158,12 @@ _THRESHOLDS_HELP = (
 )
 
 
+_FOLLOW_HELP = (
+    "follow live rollouts (ddnn deploy): fetch new versions from a server (mqtt) or read them "
+    "from the folder the server announces (path); default: stay on this version"
+)
+
+
 def _require(config: Any, name: str, ok: bool, what: str) -> None:
     """Raise a DdnnError naming the field, its flag and the value when `ok` is false."""
     if ok:
@@ -217,9 +223,16 @@ class EdgeConfig:
         DEFAULT_DEADLINE_MS, "how long a forward waits for the server"
     )
     thresholds: tuple[float, ...] | None = flag(None, _THRESHOLDS_HELP, name="--threshold")
+    follow: str | None = flag(None, _FOLLOW_HELP, choices=FOLLOW_MODES)
+    switch_after_frames: int = flag(
+        20, "following: the devices switch this many frames after the newest the edge has seen"
+    )
 
     def __post_init__(self) -> None:
         _check_thresholds(self.thresholds)
+        follow = self.follow
+        _require(self, "follow", follow is None or follow in FOLLOW_MODES, "mqtt or path")
+        _require(self, "switch_after_frames", self.switch_after_frames >= 1, "at least 1")
         ids = self.device_ids
         _require(self, "device_ids", ids is None or (bool(ids) and all(map(_is_id, ids))), _IDS)
         _require(self, "identity", _is_id(self.identity), _ID)
@@ -253,12 +266,7 @@ class DeviceConfig:
         "raise the local exit threshold while offloaded samples' p95 latency exceeds this, "
         "back toward the calibrated one when they recover (default: fixed threshold)",
     )
-    follow: str | None = flag(
-        None,
-        "follow live rollouts (ddnn deploy): fetch new versions from a server (mqtt) or read "
-        "them from the folder the server announces (path); default: stay on this version",
-        choices=FOLLOW_MODES,
-    )
+    follow: str | None = flag(None, _FOLLOW_HELP, choices=FOLLOW_MODES)
 
     def __post_init__(self) -> None:
         _check_thresholds(self.thresholds)
