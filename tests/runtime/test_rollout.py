@@ -281,7 +281,7 @@ def test_live_models_refuse_a_version_clash_and_list_what_rollback_can_reach(ver
     with pytest.raises(DeployRefused, match="only version deployed"):
         db.rollback("ddnn")
     clash = save_model(load_model(v2), tmp_path / "clash", version=1)  # v1 with v2's weights
-    with pytest.raises(DeployRefused, match="already served .* with other weights"):
+    with pytest.raises(DeployRefused, match=r"already served .* with other weights"):
         db.deploy(clash)
     assert db.deploy(v2).version == 2 and db.deploy_version("ddnn", 1).version == 1
     assert db.rollback("ddnn").version == 2 and db.current == {"ddnn": 2}
@@ -350,8 +350,8 @@ def test_the_devices_of_a_multi_device_model_switch_at_the_frame_the_edge_announ
                 assert time.monotonic() < deadline, "the devices never switched"
                 f += 1
                 time.sleep(0.02)
-            for f in range(f + 1, f + 4):
-                frame(f)
+            for after in range(f + 1, f + 4):
+                frame(after)
     finally:
         for s in reversed(services):
             s.close()
@@ -366,3 +366,17 @@ def test_the_devices_of_a_multi_device_model_switch_at_the_frame_the_edge_announ
     # the edge forwarded each frame once, with the frame's version, and was answered with it
     frames_per_version = Counter(next(iter(v)) for v in by_frame.values())
     assert frames_per_version == db.answered and set(db.answered) == {1, 2}
+
+
+def test_ddnn_deploy_reports_the_servers_answer_and_fails_on_a_refusal(site, versions, capsys):
+    from ddnn.cli import main
+
+    url = site.url
+    assert main(["deploy", str(versions[1]), "--broker", url]) == 0
+    assert "ddnn v2 is current (was v1)" in capsys.readouterr().out
+    assert main(["deploy", "--model", "ddnn", "--version", "5", "--broker", url]) == 2
+    assert "known versions: v1, v2" in capsys.readouterr().err
+    assert main(["deploy", "--status", "--broker", url]) == 0
+    assert "serving ddnn v1, ddnn v2" in capsys.readouterr().out
+    assert main(["deploy", "--broker", url]) == 2  # nothing to do
+    assert "give one of" in capsys.readouterr().err

@@ -174,10 +174,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     group = {"group": access.share_group} if access is not None and access.share_group else {}
     config = from_args(ServerConfig, args, **group)
     db = LiveModels(args.run_dirs, grace_s=config.unload_after_s)
+    identity = access.username if access is not None and access.username else SERVER_IDENTITY
     with (
         _connect(args, access) as (url, transport),
         InferenceServer(transport, db, config) as server,
-        RolloutControl(transport, db, metrics=server.metrics, group=config.group),
+        RolloutControl(
+            transport, db, metrics=server.metrics, group=config.group, identity=identity
+        ),
         MetricsServer(server.metrics, server.healthy, port=config.http_port) as http,
     ):
         models = ", ".join(f"{n} v{v}" for n, v in sorted(db.models))
