@@ -39,11 +39,15 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         reply = send_command(transport, command, operator=operator, timeout_s=args.timeout)
     if args.json:
         print(json.dumps({"ok": reply.ok, "message": reply.message, "current": reply.current,
-                          "served": list(reply.served), "known": list(reply.known)}))  # fmt: skip
+                          "served": list(reply.served), "known": list(reply.known),
+                          "devices": reply.devices}))  # fmt: skip
     if not reply.ok:
         raise DdnnError(reply.message)
     if not args.json:
         print(f"{reply.server}: {reply.message}; serving {', '.join(reply.served)}")
+        if args.status and reply.devices:
+            using = ", ".join(f"{d} v{v}" for d, v in sorted(reply.devices.items()))
+            print(f"versions devices last used: {using}")
     return 0
 
 

@@ -169,9 +169,10 @@ class RolloutControl(Service):
     def _reply(
         self, command_id: str, ok: bool, message: str, known: tuple[int, ...]
     ) -> CommandReply:
+        devices = {f"{n}/{d}": v for (n, d), (v, _) in list(self.db.devices.items())}
         return CommandReply(
             command_id, ok, message, self.identity, dict(self.db.current),
-            tuple(self.db.served()), known,
+            tuple(self.db.served()), known, devices,
         )  # fmt: skip
 
     def _answer(self, operator: str, reply: CommandReply) -> None:

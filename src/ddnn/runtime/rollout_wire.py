@@ -59,6 +59,7 @@ class CommandReply:
     current: dict[str, int] | None = None  # model -> the version devices are told to use
     served: tuple[str, ...] = ()  # 'name vN' of every loaded version
     known: tuple[int, ...] = ()  # the versions a deploy by number may name
+    devices: dict[str, int] | None = None  # 'model/device' -> the version its last request named
 
 
 @dataclass(frozen=True)

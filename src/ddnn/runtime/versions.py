@@ -4,7 +4,9 @@ while the server keeps answering.
 A request names its model and version and is answered by exactly that version while it is
 loaded, so a device that has not switched yet keeps getting answers from the sections that
 match its own. A version stops being current when another is deployed, and is unloaded only
-once no request has named it for `grace_s` seconds. Workers read `models` without a lock: every
+once no device (or edge) still uses it: none whose last request named it, and no request
+named it for `grace_s` seconds. A device silent for `PIN_GRACES` grace periods no longer holds
+its version (it may be gone for good). Workers read `models` without a lock: every
 change builds a new dict and swaps it in (copy on write).
 """
 
@@ -24,6 +26,7 @@ from ddnn.store.artifact import StoredModel, open_model
 log = logging.getLogger(__name__)
 
 DEFAULT_GRACE_S = 30.0
+PIN_GRACES = 10  # a silent device holds its version loaded for this many grace periods
 Key = tuple[str, int]
 
 
@@ -59,7 +62,8 @@ class LiveModels(ModelDB):
         self.current: dict[str, int] = {}
         self.history: dict[str, list[int]] = {}  # versions in the order they became current
         self.last_used: dict[Key, float] = {}  # a request named it, or it stopped being current
-        self.devices: dict[tuple[str, str], int] = {}  # (model, device) -> version last named
+        # (model, device) -> (the version it last named, when)
+        self.devices: dict[tuple[str, str], tuple[int, float]] = {}
         self._lock = threading.Lock()
         for folder in run_dirs:
             stored = open_model(folder)
@@ -76,7 +80,7 @@ class LiveModels(ModelDB):
         """A request named `name` v`version`: the version is in use (called per request)."""
         now = time.monotonic()
         self.last_used[(name, version)] = now
-        self.devices[(name, device)] = version
+        self.devices[(name, device)] = (version, now)
 
     def known_versions(self, name: str) -> list[int]:
         return sorted(v for n, v in self.known if n == name)
@@ -143,14 +147,22 @@ class LiveModels(ModelDB):
         with self._lock:
             return self._make_current(self.stored[(name, previous)], history[:-1])
 
+    def in_use(self, now: float) -> set[Key]:
+        """Versions some device or edge heard from lately last named."""
+        pin = PIN_GRACES * self.grace_s
+        return {(n, v) for (n, _), (v, t) in list(self.devices.items()) if now - t < pin}
+
     def unload_idle(self, now: float | None = None) -> list[Key]:
-        """Unload versions that are not current and that no request named for `grace_s`."""
+        """Unload versions that are not current, that no device still uses and that no request
+        named for `grace_s`."""
         now = time.monotonic() if now is None else now
         with self._lock:
+            used = self.in_use(now)
             idle = [
                 key
                 for key in self.models
                 if self.current.get(key[0]) != key[1]
+                and key not in used
                 and now - self.last_used.get(key, now) >= self.grace_s
             ]
             if idle:
