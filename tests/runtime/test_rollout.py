@@ -382,3 +382,15 @@ def test_ddnn_deploy_reports_the_servers_answer_and_fails_on_a_refusal(site, ver
     assert "serving ddnn v1, ddnn v2" in out and f"ddnn/dev0 v{last.version}" in out
     assert main(["deploy", "--broker", url]) == 2  # nothing to do
     assert "give one of" in capsys.readouterr().err
+
+
+def test_a_version_stays_loaded_while_a_device_still_uses_it(versions):
+    v1, v2 = versions
+    db = LiveModels([v1], grace_s=1.0)
+    db.used("ddnn", 1, "dev0")
+    db.deploy(v2)
+    later = time.monotonic() + 5  # past the grace period, within the device's pin
+    assert db.unload_idle(later) == [] and ("ddnn", 1) in db.models  # dev0 still on v1
+    db.used("ddnn", 2, "dev0")  # dev0 switched
+    assert db.unload_idle(time.monotonic() + 5) == [("ddnn", 1)]
+    assert db.served() == ["ddnn v2"] and db.known_versions("ddnn") == [1, 2]

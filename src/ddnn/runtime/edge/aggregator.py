@@ -304,9 +304,9 @@ class EdgeAggregator(Service):
     # -- upstream ------------------------------------------------------------------------------
 
     def _forward(self, frame: Frame, step: Forward) -> None:
+        version = self.versions.for_frame(frame.frame_id)[0]  # the version the frame ran on
         request = Request(
-            self.requester.next_id(), self.model_name, self.versions.for_frame(frame.frame_id)[0],
-            self.requester.identity,
+            self.requester.next_id(), self.model_name, version, self.requester.identity,
             frame.frame_id, step.section, step.tensors,
         )  # fmt: skip
         edge_done = time.perf_counter()
