@@ -140,13 +140,13 @@ class RolloutControl(Service):
             known = tuple(self.db.known_versions(name)) if name else ()
             self._answer(operator, self._reply(command.id, False, str(exc), known))
             return
-        self.metrics.inc(*DEPLOYS, result="ok")
         if change is not None:
+            self.metrics.inc(*DEPLOYS, result="ok")
             self._announce(change)
             name = change.model
             message = change.message
         else:
-            message = "status"
+            message = ", ".join(f"{n} v{v} is current" for n, v in sorted(self.db.current.items()))
         known = tuple(self.db.known_versions(name)) if name else ()
         self._answer(operator, self._reply(command.id, True, message, known))
 
