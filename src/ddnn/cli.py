@@ -234,6 +234,7 @@ AREAS: Sequence[str] = (
     "ddnn.runtime.cli",
     "ddnn.export.cli",
     "ddnn.distributed.cli",
+    "ddnn.rollout.cli",
     "ddnn.bench.cli",
     "ddnn.planning.cli",
 )

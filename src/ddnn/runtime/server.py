@@ -71,6 +71,9 @@ class ModelDB:
             self.models[key] = SectionExecutor(stored.load())
             log.info("serving %s v%d from %s", key[0], key[1], folder)
 
+    def used(self, name: str, version: int, device: str) -> None:
+        """A request from `device` named `name` v`version` (live tables track it)."""
+
     def get(self, name: str, version: int) -> SectionExecutor:
         executor = self.models.get((name, version))
         if executor is None:
@@ -279,6 +282,7 @@ class InferenceServer(Service):
         if self._duplicate(frame):
             self.metrics.inc(*DUPLICATES_DROPPED)
             return None
+        self.db.used(frame.model, frame.model_version, frame.device_id)
         try:
             shape = self.db.input_shape(frame.model, frame.model_version, frame.section)
             x, present = server_inputs(frame, shape)
