@@ -165,3 +165,24 @@ def test_feature_records_export_features_and_labels(tmp_path):
         assert z["features"].shape == (4, 1, 8, 7, 7) and list(z["seq"]) == [0, 1, 2, 3]
     manifest = json.loads((tmp_path / "s" / MANIFEST).read_text())
     assert manifest["next_seq"] == 4
+
+
+def test_ddnn_collect_prints_the_summary_and_writes_the_set(tmp_path, capsys):
+    from ddnn.cli import main
+
+    fill(tmp_path / "s", [record(i, kind="raw", entropy=0.1 * i) for i in range(6)])
+    assert main(["collect", str(tmp_path / "s"), "--to", str(tmp_path / "o.npz")]) == 0
+    out = capsys.readouterr().out
+    assert "records: 6 in 1 shards" in out and "toy v1: 6" in out
+    assert "o.npz: 3 samples" in out  # entropies 0, 0.1, 0.2
+
+
+def test_a_shifted_image_is_the_same_image_moved_and_re_exposed():
+    from ddnn.data.shifted import shift_images
+
+    images = np.zeros((50, 8, 8), np.uint8)
+    images[:, 3:5, 3:5] = 200
+    moved = shift_images(images, contrast=0.5, brightness=0.1, shift=2, seed=0)
+    assert moved.shape == images.shape and moved.dtype == np.uint8
+    assert all(np.count_nonzero(m == 126) == 4 for m in moved)  # 0.5 * 200 + 0.1 * 255, rounded
+    assert len({np.flatnonzero(m == 126)[0] for m in moved}) > 1  # not all moved alike
