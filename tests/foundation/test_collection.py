@@ -119,6 +119,14 @@ def test_a_damaged_manifest_stops_the_server_from_collecting_over_it(tmp_path):
         load_collection(tmp_path / "elsewhere")
 
 
+def test_a_store_is_not_started_among_other_files_or_in_a_file(tmp_path):
+    (tmp_path / "spec.json").write_text("{}")
+    with pytest.raises(DdnnError, match="not a collection store; name a new or empty folder"):
+        Collector(tmp_path, max_bytes=10**6, max_count=10).start()
+    with pytest.raises(DdnnError, match="cannot collect into"):
+        Collector(tmp_path / "spec.json", max_bytes=10**6, max_count=10).start()
+
+
 def test_the_summary_counts_confidence_versions_and_agreement(tmp_path):
     entropies = [0.0, 0.1, 0.1, 0.4, 0.9]
     fill(tmp_path, [record(i, entropy=e, local=(i % 4) if i < 2 else 3)

@@ -157,6 +157,8 @@ class Collector:
 
         if (self.folder / MANIFEST).exists():
             self._manifest = read_manifest(self.folder)
+        else:
+            self._check_new_folder()
         self._count = sum(s["records"] for s in self._manifest["shards"])
         self._bytes = self._disk_bytes()
         if self._count >= self.max_count or self._bytes + SHARD_OVERHEAD > self.max_bytes:
@@ -165,6 +167,21 @@ class Collector:
         self._thread = threading.Thread(target=self._run, name="collector", daemon=True)
         self._thread.start()
         return self
+
+    def _check_new_folder(self) -> None:
+        """A store starts in a new or empty folder: never among other files (a run folder)."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            others = [p.name for p in self.folder.iterdir()]
+        except OSError as exc:
+            raise DdnnError(
+                f"cannot collect into {self.folder}: {exc.strerror or exc}; name a new folder"
+            ) from exc
+        if others:
+            raise DdnnError(
+                f"{self.folder} holds files but no {MANIFEST} ({', '.join(sorted(others)[:3])}"
+                "...): it is not a collection store; name a new or empty folder"
+            )
 
     def offer(self, record: Record) -> None:
         """Queue a record for the writer; never blocks or raises (the request path calls it)."""
