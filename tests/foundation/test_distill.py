@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -100,3 +102,11 @@ def test_distill_wants_labels(tiny_ddnn, shifted):
         distill(tiny_ddnn, folder / "store", folder / "none", DistillConfig(max_entropy=0.0))
     assert not (folder / "none").exists()
     assert np.isfinite(DistillConfig().max_entropy)
+
+
+def test_ddnn_collect_with_the_model_fills_in_the_local_answers(tiny_ddnn, shifted, capsys):
+    folder, _ = shifted
+    assert main(["collect", str(folder / "store"), "--model", str(tiny_ddnn), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["with_local_answer"] == 300
+    assert 0.0 <= summary["local_agrees"] <= 1.0

@@ -22,6 +22,11 @@ def register(sub: Any) -> None:
     )  # fmt: skip
     p.add_argument("--labels", help="CSV of `seq,label` lines: given labels win over the cloud's")
     p.add_argument("--version", type=int, help="only this model version's records (--to)")
+    p.add_argument(
+        "--model", metavar="RUN",
+        help="the stored model the records came from: computes the local exit's answers the "
+        "frames did not carry (for the local/cloud agreement)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=cmd_collect)
 
@@ -56,10 +61,23 @@ def summary_text(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _fill_local(coll: Any, run: str) -> None:
+    from ddnn.store.artifact import open_model
+    from ddnn.store.local import fill_local_answers
+
+    stored = open_model(run)
+    model = stored.load()
+    for group in coll.groups:
+        if (group.model, group.version) == (stored.name, stored.version):
+            fill_local_answers(model, group)
+
+
 def cmd_collect(args: argparse.Namespace) -> int:
     from ddnn.store.collected import export_npz, load_collection, read_labels, summarize
 
     coll = load_collection(args.store)
+    if args.model:
+        _fill_local(coll, args.model)
     summary = summarize(coll)
     exported = None
     if args.to:

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.nn import functional as F
@@ -29,8 +28,9 @@ from ddnn.model.outputs import class_map
 from ddnn.nn.binary import clip_latent_weights
 from ddnn.nn.entropy import normalized_entropy
 from ddnn.store.artifact import open_model, save_model
-from ddnn.store.collected import Group, load_collection, pick_group, read_labels, targets
+from ddnn.store.collected import load_collection, pick_group, read_labels, targets
 from ddnn.store.durable import json_bytes, replace_files
+from ddnn.store.local import device_features, local_logits
 from ddnn.train.loss import target_maps
 from ddnn.train.trainer import REPORT_FILE, prepare_run_dir
 
@@ -52,32 +52,6 @@ class DistillConfig:
             raise DdnnError("distillation: epochs, batch size and lr must be positive")
         if not 0.0 <= self.holdout < 1.0:
             raise DdnnError(f"distillation: holdout must be in [0, 1), got {self.holdout}")
-
-
-def device_features(model: HierarchicalModel, group: Group, rows: np.ndarray) -> Tensor:
-    """The device features [N, D, ...] of the chosen records: as collected, or the frozen
-    trunk's output on the collected raw input."""
-    spec = model.spec
-    x = torch.from_numpy(group.columns["x"][rows].astype(np.float32))
-    if group.kind == "raw":
-        with torch.no_grad():
-            feats = [model.devices[i].body(model.normalize(x[:, i])) for i in range(spec.devices)]
-        return torch.stack(feats, dim=1)
-    expected = (spec.devices, *model.devices[0].out_shape)
-    if group.section != 1 or tuple(x.shape[1:]) != expected:
-        raise DdnnError(
-            f"{group.name}: records of section {group.section} with x {tuple(x.shape[1:])} are "
-            f"not this model's device features {expected} (collect on the server the devices "
-            "send to, or in server-only mode)"
-        )
-    return x
-
-
-def local_logits(model: HierarchicalModel, feats: Tensor, present: Tensor) -> Tensor:
-    """feats [B, D, ...], present [B, D] -> the fused local exit's logits [B, C_exit]."""
-    heads = [model.devices[i].exit_head for i in range(feats.shape[1])]
-    per_device = torch.stack([h(feats[:, i]) for i, h in enumerate(heads)], dim=1)  # [B, D, C]
-    return model.fuse_device_exits(per_device, present if feats.shape[1] > 1 else None)
 
 
 @torch.no_grad()
