@@ -195,8 +195,17 @@ class ServerConfig:
         30.0, "after a deploy, unload the old version once no request named it for this long"
     )
     group: str = SERVER_GROUP  # shared-subscription group; a secure broker's access file names it
+    collect: str | None = flag(
+        None,
+        "keep the answered requests (features or raw input, the answers, version, time) in this "
+        "folder: training data for `ddnn collect` and `ddnn train --distill` (default: off)",
+    )
+    collect_max_mb: float = flag(100.0, "with --collect: stop collecting at this many MB")
+    collect_max_count: int = flag(100_000, "with --collect: stop collecting at this many requests")
 
     def __post_init__(self) -> None:
+        _require(self, "collect_max_mb", self.collect_max_mb > 0, "positive")
+        _require(self, "collect_max_count", self.collect_max_count >= 1, "at least 1")
         _require(self, "workers", self.workers >= 1, "at least 1")
         _require(self, "max_batch", self.max_batch >= 1, "at least 1")
         _require(self, "max_wait_ms", self.max_wait_ms >= 0, "0 or more")
