@@ -18,6 +18,7 @@ ROOT = Path(ddnn.__file__).parent
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("__init__", "errors", "logs", "names", "net", "stats"),
     ("config", "tables"),
+    ("emulation",),
     ("data",),
     ("nn",),
     ("model",),

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -18,69 +17,24 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO
 
+from ddnn.emulation.cpu import CpuControl, enter_cgroup
+from ddnn.emulation.netns import (
+    NODE_IFNAME,
+    add_node,
+    check_host,
+    delete_link,
+    delete_namespace,
+    has_qdisc,
+    inside,
+    shape,
+)
+from ddnn.emulation.netns import run as _run
 from ddnn.errors import DdnnError
 
 log = logging.getLogger(__name__)
 
 SUBNET = "10.213.77"  # a private /24 that exists only inside the namespaces (the bridge has no IP)
-NODE_IFNAME = "eth0"
-CPU_PERIOD_US = 100_000
 MASTER_PORT = 29500  # node 0's rendezvous port, as torchrun's default
-
-
-def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """One ip/tc call; a failure names the command and the kernel's answer."""
-    done = subprocess.run(argv, capture_output=True, text=True)
-    if check and done.returncode != 0:
-        raise DdnnError(f"`{' '.join(argv)}` failed: {done.stderr.strip() or done.returncode}")
-    return done
-
-
-def has_qdisc(kind: str) -> bool:
-    """Whether the kernel offers a tc qdisc (netem is often missing in containers)."""
-    probe = f"ddq{os.getpid() % 100000}"
-    _run("ip", "link", "add", probe, "type", "veth", "peer", "name", probe + "p", check=False)
-    ok = _run("tc", "qdisc", "add", "dev", probe, "root", kind, check=False).returncode == 0
-    _run("ip", "link", "del", probe, check=False)
-    return ok
-
-
-@dataclass
-class CpuControl:
-    """Where CPU quotas go on this host: cgroup v2 cpu.max, v1 cfs quota, or nowhere."""
-
-    kind: str  # "v2", "v1" or "none"
-    root: Path | None = None
-    why: str = ""
-
-    @staticmethod
-    def detect() -> CpuControl:
-        for root in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified")):
-            controllers = root / "cgroup.controllers"
-            if controllers.is_file() and "cpu" in controllers.read_text().split():
-                try:
-                    (root / "cgroup.subtree_control").write_text("+cpu")
-                    return CpuControl("v2", root)
-                except OSError as exc:
-                    why = f"cgroup v2 at {root} has cpu but +cpu is refused ({exc})"
-                    return CpuControl("none", None, why)
-        for root in (Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup/cpu,cpuacct")):
-            if (root / "cpu.cfs_quota_us").is_file() and os.access(root, os.W_OK):
-                return CpuControl("v1", root)
-        return CpuControl("none", None, "no writable cgroup with a cpu controller")
-
-    def create(self, name: str, cores: float) -> Path | None:
-        if self.root is None:
-            return None
-        path = self.root / name
-        path.mkdir(exist_ok=True)
-        quota = max(1000, round(cores * CPU_PERIOD_US))
-        if self.kind == "v2":
-            (path / "cpu.max").write_text(f"{quota} {CPU_PERIOD_US}")
-        else:
-            (path / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
-            (path / "cpu.cfs_quota_us").write_text(str(quota))
-        return path
 
 
 @dataclass
@@ -122,7 +76,7 @@ class EmulatedCluster:
         signal.signal(signal.SIGTERM, self._previous)
 
     def setup(self) -> None:
-        check_host()
+        check_host("the emulated cluster", "use `ddnn train --nproc N` for an unshaped local run")
         if not 1 <= self.nodes <= 250:
             raise DdnnError("--nodes must be between 1 and 250")
         bad = [k for k in self.slow if not 0 <= k < self.nodes]
@@ -148,30 +102,13 @@ class EmulatedCluster:
 
     def _add_node(self, i: int, bridge: str, netem: bool) -> None:
         ns, host_end, node_end = f"{self.name}-{i}", f"{self.name}h{i}", f"{self.name}n{i}"
-        _run("ip", "netns", "add", ns)
         self._namespaces.append(ns)
-        _run("ip", "link", "add", host_end, "type", "veth", "peer", "name", node_end)
         self._links.append(host_end)
-        _run("ip", "link", "set", node_end, "netns", ns)
+        add_node(ns, host_end, node_end, f"{self.address(i)}/24")
         _run("ip", "link", "set", host_end, "master", bridge, "up")
-        inside = ("ip", "netns", "exec", ns)
-        _run(*inside, "ip", "link", "set", node_end, "name", NODE_IFNAME)
-        _run(*inside, "ip", "addr", "add", f"{self.address(i)}/24", "dev", NODE_IFNAME)
-        _run(*inside, "ip", "link", "set", NODE_IFNAME, "up")
-        _run(*inside, "ip", "link", "set", "lo", "up")
-        self._shape(host_end, (), netem)  # traffic to the node (its download)
-        self._shape(NODE_IFNAME, inside, netem)  # traffic from the node (its upload)
-
-    def _shape(self, dev: str, prefix: Sequence[str], netem: bool) -> None:
-        rate = f"{int(self.rate_bps)}bit"
-        if netem:
-            delay = f"{self.delay_s * 1e6:.0f}us"
-            _run(*prefix, "tc", "qdisc", "add", "dev", dev, "root", "netem", "delay", delay,
-                 "rate", rate, "limit", "10000")  # fmt: skip
-            return
-        burst = max(4 * 1514, int(self.rate_bps / 8 / 1000))  # about 1 ms of traffic
-        _run(*prefix, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate,
-             "burst", str(burst), "latency", "100ms")  # fmt: skip
+        delay = self.delay_s if netem else 0.0
+        shape(host_end, self.rate_bps, netem_delay_s=delay)  # to the node (its download)
+        shape(NODE_IFNAME, self.rate_bps, inside(ns), netem_delay_s=delay)  # its upload
 
     def _setup_cpu(self) -> None:
         if all(self.cores(i) is None for i in range(self.nodes)):
@@ -194,14 +131,10 @@ class EmulatedCluster:
         """Start argv inside node's namespace and CPU cgroup."""
         cgroup = next((c for c in self._cgroups if c.name == f"{self.name}-{node}"), None)
 
-        def enter_cgroup() -> None:  # runs in the child before exec: no escape window
-            if cgroup is not None:
-                (cgroup / "cgroup.procs").write_text(str(os.getpid()))
-
         proc = subprocess.Popen(
             ["ip", "netns", "exec", f"{self.name}-{node}", *argv],
             env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
-            preexec_fn=enter_cgroup, start_new_session=True,
+            preexec_fn=enter_cgroup(cgroup) if cgroup else None, start_new_session=True,
         )  # fmt: skip
         self._procs.append(proc)
         return proc
@@ -222,38 +155,17 @@ class EmulatedCluster:
     def cleanup(self) -> None:
         """Remove processes, namespaces, links and cgroups; best effort, every step tried."""
         self.stop_all()
-        for ns in self._namespaces:  # deleting a namespace deletes its veth end and the pair
-            _run("ip", "netns", "del", ns, check=False)
+        for ns in self._namespaces:
+            delete_namespace(ns)
         for link in self._links:
-            _run("ip", "link", "del", link, check=False)
+            delete_link(link)
         for path in self._cgroups:
-            for _ in range(50):  # a cgroup can be removed once its last process is reaped
-                try:
-                    path.rmdir()
-                    break
-                except OSError:
-                    time.sleep(0.1)
-            else:
-                log.warning("could not remove cgroup %s", path)
+            CpuControl.remove(path)
         self._namespaces, self._links, self._cgroups, self._procs = [], [], [], []
 
 
 def _sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt  # so `with EmulatedCluster` cleans up when killed politely
-
-
-def check_host() -> None:
-    """Root and iproute2 are required; the message says how to get them."""
-    if os.geteuid() != 0:
-        raise DdnnError(
-            "the emulated cluster needs root (network namespaces, tc, cgroups): run it with sudo, "
-            "or use `ddnn train --nproc N` for an unshaped local run"
-        )
-    missing = [t for t in ("ip", "tc") if shutil.which(t) is None]
-    if missing:
-        raise DdnnError(
-            f"{', '.join(missing)} not found: apt-get update && apt-get install -y iproute2"
-        )
 
 
 def node_env(

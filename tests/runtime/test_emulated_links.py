@@ -1,0 +1,69 @@
+"""Emulated links on a real Mosquitto: an MQTT round trip through each shipped link profile
+takes twice its one-way delay, and `set_link` changes that live."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ddnn.emulation.profiles import link_profile_names, load_link_profile
+from ddnn.emulation.session import EmulatedDevices
+from ddnn.runtime.broker import parse_broker_url
+
+PING = Path(__file__).with_name("mqtt_ping.py")
+
+# Tolerance. The relay never releases a chunk early, so the round trip is at least 2 x delay
+# (less 0.5 ms for timer rounding). Above it: the broker's own round trip on loopback (about
+# 0.3 ms), the relay's read-timer-write twice each way, and the scheduling of three processes
+# on a shared 2-core machine: 4 ms, plus 10 % for timer lateness growing with the hold.
+SLACK_MS, SLACK_FRACTION = 4.0, 0.10
+
+
+def _needs_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: network namespaces, tc and cgroups")
+
+
+def _median_rtt(emu: EmulatedDevices, count: int = 15) -> float:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = emu.popen(
+        0, [sys.executable, str(PING), emu.broker_url(0), str(count)],
+        stdout=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0
+    rtts = json.loads(out)
+    return statistics.median(rtts[2:])  # the first ones warm up paho and the relay
+
+
+def _within(measured: float, one_way_ms: float) -> bool:
+    expected = 2 * one_way_ms
+    return expected - 0.5 <= measured <= expected * (1 + SLACK_FRACTION) + SLACK_MS
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", link_profile_names())
+def test_an_mqtt_round_trip_through_a_link_takes_twice_its_one_way_delay(broker, name):
+    _needs_root()
+    link = load_link_profile(name)
+    with EmulatedDevices(1, broker=parse_broker_url(broker.url), link=link) as emu:
+        rtt = _median_rtt(emu)
+    assert _within(rtt, link.delay_ms), f"{name}: {rtt:.2f} ms, profile says 2 x {link.delay_ms}"
+
+
+@pytest.mark.integration
+def test_set_link_changes_the_delay_live(broker):
+    _needs_root()
+    link = load_link_profile("wifi")
+    with EmulatedDevices(1, broker=parse_broker_url(broker.url), link=link) as emu:
+        before = _median_rtt(emu)
+        emu.set_link(delay_ms=30.0)
+        after = _median_rtt(emu)
+    assert _within(before, link.delay_ms), before
+    assert _within(after, 30.0), after
