@@ -67,6 +67,7 @@ class PhaseRow:
     samples: int
     p50_total_ms: float | None
     p95_total_ms: float | None
+    p95_settled_ms: float | None  # over the phase's second half: after the controller moved
     p95_device_ms: float | None  # the device alone: over the budget, no threshold can meet it
     accuracy: float | None
     local_exit: float | None  # answered at the local exit by decision (fallbacks excluded)
@@ -85,11 +86,13 @@ def phase_rows(
         s = summarize(part)
         thresholds = [float(r["threshold"]) for r in part if r.get("threshold") is not None]
         device = [float(r["device_ms"]) for r in part]
+        late = [float(r["total_ms"]) for r in part[len(part) // 2 :]]
         rows.append(
             PhaseRow(
                 run=run, phase=phase.name, disturbed=phase.disturbed, samples=len(part),
                 p50_total_ms=s["time_ms"]["total"]["p50"] if part else None,
                 p95_total_ms=s["time_ms"]["total"]["p95"] if part else None,
+                p95_settled_ms=percentile(late, 95) if late else None,
                 p95_device_ms=percentile(device, 95) if device else None,
                 accuracy=s["accuracy"]["overall"] if part else None,
                 local_exit=s["local_exit_fraction"] if part else None,
@@ -152,7 +155,8 @@ def _threshold(row: PhaseRow) -> str:
 
 
 COLUMNS = (
-    "phase", "run", "samples", "T_total p50 / p95 ms", "overall accuracy", "local exit",
+    "phase", "run", "samples", "T_total p50 / p95 ms", "p95 2nd half", "overall accuracy",
+    "local exit",
     "degraded", "threshold median",
 )  # fmt: skip
 
@@ -164,7 +168,8 @@ def phase_table(rows: Sequence[PhaseRow]) -> str:
     cells = [
         [
             r.phase + (" (disturbed)" if r.disturbed else ""), r.run, r.samples,
-            f"{_ms(r.p50_total_ms)} / {_ms(r.p95_total_ms)}", r.accuracy, r.local_exit,
+            f"{_ms(r.p50_total_ms)} / {_ms(r.p95_total_ms)}", _ms(r.p95_settled_ms), r.accuracy,
+            r.local_exit,
             r.degraded, _threshold(r),
         ]
         for r in ordered

@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
-from contextlib import ExitStack
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,13 +63,15 @@ def bench_adaptive(
     results = []
     with ExitStack() as stack:
         url = stack.enter_context(MosquittoBroker()).url
+        if server_cores is not None:  # removed after the server stops (an ExitStack unwinds)
+            limit = stack.enter_context(_server_quota(server_cores))
         server = Process(
             "server", serve_argv(run_dir, url, ServerConfig(workers=workers)), logs, True
         )
         stack.callback(server.stop)
         server.wait_ready()
         if server_cores is not None:
-            stack.enter_context(_quota(server.proc.pid, server_cores))
+            limit(server.proc.pid)
         disturbance: Disturbance
         if scenario == "server":
             devices, rate = load
@@ -78,17 +84,19 @@ def bench_adaptive(
             launch = _plain(url)
         else:
             calm, slow = links or (LinkSetting(100.0, 0.15), LinkSetting(0.5, 15.0))
-            devices_emulated, launch = stack.enter_context(_emulated(url, calm, logs))
+            devices_emulated, launch = stack.enter_context(_emulated(url, calm))
             disturbance = LinkThrottle(devices_emulated, calm, slow)
         phases = setup.phase_list(disturbance.label)
         for run in RUNS:
             log.info("%s stream, %s", run, disturbance.label)
             results.append(stream(run_dir, setup, run, disturbance, launch=launch, work=logs))
+        emulation = devices_emulated.to_dict() if scenario == "link" else None
     about = {
         "model": stored.name, "version": stored.version, "scenario": scenario,
         "disturbance": disturbance.label, "server_cores": server_cores, "workers": workers,
         "load": list(load) if scenario == "server" else None,
         "links": [str(x) for x in (calm, slow)] if scenario == "link" else None,
+        "emulation": emulation,
     }  # fmt: skip
     report = summary(results, phases, setup, **about)
     (work / "report.json").write_text(json.dumps(report, indent=2))
@@ -122,11 +130,62 @@ def _plain(url: str) -> Launcher:
     return launch
 
 
-def _quota(pid: int, cores: float) -> Any:
-    raise DdnnError("--server-cores needs ddnn.emulation (CPU quotas), not on this branch yet")
+@contextmanager
+def _server_quota(cores: float) -> Iterator[Callable[[int], None]]:
+    """A CPU quota for the server (`emulation.cpu`), entered once the server has loaded at
+    full speed: -> `limit(pid)`. The cgroup is removed on exit, after the server has stopped."""
+    from ddnn.emulation.cpu import CpuControl
+
+    control = CpuControl.detect()
+    if control.kind == "none":
+        raise DdnnError(f"--server-cores: no CPU quota possible on this host ({control.why})")
+    path = control.create(f"ddnn-adaptive-server-{os.getpid()}", cores)
+    assert path is not None
+
+    def limit(pid: int) -> None:
+        # moving a running process (all its threads) in: emulation.cpu's enter_cgroup is a
+        # preexec_fn for children not started yet, and the server must load torch unlimited
+        (path / "cgroup.procs").write_text(str(pid))
+        log.info("server (pid %d) limited to %g cores", pid, cores)
+
+    try:
+        yield limit
+    finally:
+        CpuControl.remove(path, kill=False)
 
 
-def _emulated(url: str, calm: LinkSetting, logs: Path) -> Any:
-    raise DdnnError(
-        "the link scenario needs ddnn.emulation (emulated links), not on this branch yet"
+class _EmulatedProcess(Process):
+    """A `ddnn` child inside emulated device 0 (its namespace and link): Process, started by
+    `EmulatedDevices.popen` instead of Popen. (Process has no launch hook on this branch; the
+    emulation branch adds one, which would make this class `Process(..., launch=...)`.)"""
+
+    def __init__(self, emu: Any, name: str, args: list[str], logs: Path) -> None:
+        self.name = name
+        self.log_path = logs / f"{name}.log"
+        self.ready_file = logs / f"{name}.ready"
+        self.ready_file.unlink(missing_ok=True)
+        self._log = self.log_path.open("wb")
+        argv = [sys.executable, "-m", "ddnn.cli", *args, "--ready-file", str(self.ready_file)]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = emu.popen(0, argv, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+
+
+@contextmanager
+def _emulated(url: str, calm: LinkSetting) -> Iterator[tuple[Any, Launcher]]:
+    """One emulated device (its own network namespace, link and relay) starting at `calm`:
+    -> (the emulation, a launcher of device processes behind its link)."""
+    from dataclasses import replace
+
+    from ddnn.emulation.profiles import load_link_profile
+    from ddnn.emulation.session import EmulatedDevices
+
+    host, port = url.removeprefix("mqtt://").rsplit(":", 1)
+    link = replace(
+        load_link_profile("ethernet-100"), rate_mbit=calm.rate_mbit, delay_ms=calm.delay_ms
     )
+    with EmulatedDevices(1, broker=(host, int(port)), link=link) as emu:
+
+        def launch(name: str, argv: list[str], logs: Path) -> Process:
+            return _EmulatedProcess(emu, name, [*argv, "--broker", emu.broker_url(0)], logs)
+
+        yield emu, launch
