@@ -14,6 +14,7 @@ from ddnn.bench.adaptive.phases import (
     phase_rows,
     phase_table,
     split,
+    timeline,
     verdict_lines,
     verdicts,
 )
@@ -90,6 +91,17 @@ def test_a_phase_where_the_device_alone_is_over_budget_is_not_held_against_it():
     found = verdicts(phase_rows("static", recs, PHASES), rows, BUDGET)
     budget = [v for v in found if v.target.startswith("p95")]
     assert all(v.met is None and "device alone takes 45.0 ms" in v.detail for v in budget)
+
+
+def test_the_timeline_says_how_fast_the_threshold_rose_and_came_back():
+    thresholds = [0.4] * 5 + [0.45, 0.5, 0.5, 0.45] + [0.4] * 3  # one sample every second
+    recs = [{**record(i, 1.0, threshold=t), "t_s": float(i)} for i, t in enumerate(thresholds)]
+    moved = timeline(recs, apply_s=3.0, restore_s=7.5)
+    assert (moved.first_raise_s, moved.peak, moved.peak_s) == (2.0, 0.5, 3.0)
+    assert moved.back_s == 1.5  # t = 9
+    assert timeline(recs[:8], apply_s=3.0, restore_s=7.5).back_s is None  # never came back
+    flat = [{**r, "threshold": 0.4} for r in recs]
+    assert timeline(flat, apply_s=3.0, restore_s=7.5).back_s == 0.0
 
 
 def test_the_table_lists_both_runs_phase_by_phase():

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ddnn.bench.adaptive.disturb import Disturbance
-from ddnn.bench.adaptive.phases import Phase, boundaries, phase_rows, verdicts
+from ddnn.bench.adaptive.phases import Phase, boundaries, phase_rows, timeline, verdicts
 from ddnn.errors import DdnnError
 from ddnn.runtime.config import DeviceConfig, StreamConfig, to_argv
 from ddnn.runtime.processes import Process
@@ -143,6 +143,11 @@ def summary(
     """The report: per-phase rows of both runs, the target's verdicts, and what was run."""
     rows = {r.run: phase_rows(r.run, r.records, phases) for r in results}
     found = verdicts(rows["static"], rows["adaptive"], setup.budget_ms)
+    moved = {}
+    for r in results:
+        times = [s["t_s"] for s in r.switches]
+        if len(times) == 2 and r.records:
+            moved[r.run] = asdict(timeline(r.records, *times))
     return {
         **about,
         "setup": asdict(setup),
@@ -151,4 +156,5 @@ def summary(
         "rows": [asdict(row) for run in RUNS for row in rows[run]],
         "verdicts": [asdict(v) for v in found],
         "switches": {r.run: r.switches for r in results},
+        "timeline": moved,
     }

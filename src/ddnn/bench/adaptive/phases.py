@@ -105,6 +105,37 @@ def phase_rows(
 
 
 @dataclass(frozen=True)
+class Timeline:
+    """How fast a run's threshold moved, in seconds after the disturbance went on (`apply_s`)
+    and off (`restore_s`); None: it never did."""
+
+    apply_s: float
+    restore_s: float
+    first_raise_s: float | None  # first sample with a raised threshold, after apply
+    peak: float  # the highest threshold of the run
+    peak_s: float | None  # when the peak was first reached, after apply
+    back_s: float | None  # back at the starting threshold, after restore
+
+
+def timeline(records: Sequence[dict[str, Any]], apply_s: float, restore_s: float) -> Timeline:
+    """From records stamped `t_s` (seconds into the stream) and the switch times."""
+    ordered = sorted(records, key=lambda r: float(r["t_s"]))
+    start = float(ordered[0]["threshold"])
+    peak = max(float(r["threshold"]) for r in ordered)
+
+    def first(after: float, ok: Any) -> float | None:
+        hit = next((r for r in ordered if r["t_s"] >= after and ok(float(r["threshold"]))), None)
+        return None if hit is None else round(float(hit["t_s"]) - after, 2)
+
+    return Timeline(
+        apply_s=apply_s, restore_s=restore_s,
+        first_raise_s=first(apply_s, lambda t: t > start),
+        peak=peak, peak_s=first(apply_s, lambda t: t >= peak),
+        back_s=first(restore_s, lambda t: t <= start) if peak > start else 0.0,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
 class Verdict:
     """One target in one phase: met (True), missed (False) or not applicable (None)."""
 

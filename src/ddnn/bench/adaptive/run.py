@@ -118,7 +118,19 @@ def report_text(report: dict[str, Any]) -> str:
         f"{report['model']} v{report['version']}, {report['disturbance']}; budget "
         f"{s['budget_ms']:g} ms, deadline {s['deadline_ms']:g} ms, {s['rate']:g} samples/s"
     )
-    return f"{head}\n\n{phase_table(rows)}\n\nTarget (adaptive run):\n{verdict_lines(found)}"
+    text = f"{head}\n\n{phase_table(rows)}\n\nTarget (adaptive run):\n{verdict_lines(found)}"
+    moved = report.get("timeline", {}).get("adaptive")
+    if moved:
+
+        def secs(value: float | None) -> str:
+            return "not within the run" if value is None else f"{value:g} s"
+
+        text += (
+            f"\n\nAdaptive threshold: first raised {secs(moved['first_raise_s'])} after the "
+            f"disturbance began, peak {moved['peak']:.2f} {secs(moved['peak_s'])} after it; "
+            f"back at the calibrated value {secs(moved['back_s'])} after it ended"
+        )
+    return text
 
 
 def _plain(url: str) -> Launcher:
