@@ -97,6 +97,7 @@ def test_the_timeline_says_how_fast_the_threshold_rose_and_came_back():
     thresholds = [0.4] * 5 + [0.45, 0.5, 0.5, 0.45] + [0.4] * 3  # one sample every second
     recs = [{**record(i, 1.0, threshold=t), "t_s": float(i)} for i, t in enumerate(thresholds)]
     moved = timeline(recs, apply_s=3.0, restore_s=7.5)
+    assert [r.seconds for r in phase_rows("adaptive", recs, PHASES[:1])] == [11.0]
     assert (moved.first_raise_s, moved.peak, moved.peak_s) == (2.0, 0.5, 3.0)
     assert moved.back_s == 1.5  # t = 9
     assert timeline(recs[:8], apply_s=3.0, restore_s=7.5).back_s is None  # never came back
@@ -108,9 +109,9 @@ def test_the_table_lists_both_runs_phase_by_phase():
     rows = phase_rows("adaptive", stream_of(80.0, slow_every=10), PHASES)
     rows += phase_rows("static", stream_of(80.0, slow_every=2), PHASES)
     lines = phase_table(rows).splitlines()
-    assert lines[0].startswith("| phase | run | samples | T_total p50 / p95 ms |")
+    assert lines[0].startswith("| phase | run | samples | seconds | T_total p50 / p95 ms |")
     assert [line.split(" | ")[1] for line in lines[2:]] == ["static", "adaptive"] * 3
-    slow = "| slow link (disturbed) | static | 20 | 40.5 / 80.0 | 80.0 | 1.0000 | 0.5000 | 0 |"
+    slow = "| slow link (disturbed) | static | 20 | - | 40.5 / 80.0 | 80.0 | 1.0000 | 0.5000 | 0 |"
     assert lines[4].startswith(slow) and lines[4].endswith("| 0.45 (max 0.50) |")
     assert lines[2].endswith("| 0.40 |")  # one threshold: no max
 

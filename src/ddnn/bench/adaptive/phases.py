@@ -65,6 +65,7 @@ class PhaseRow:
     phase: str
     disturbed: bool
     samples: int
+    seconds: float | None  # wall time the phase took (records stamped `t_s`)
     p50_total_ms: float | None
     p95_total_ms: float | None
     p95_settled_ms: float | None  # over the phase's second half: after the controller moved
@@ -87,9 +88,11 @@ def phase_rows(
         thresholds = [float(r["threshold"]) for r in part if r.get("threshold") is not None]
         device = [float(r["device_ms"]) for r in part]
         late = [float(r["total_ms"]) for r in part[len(part) // 2 :]]
+        stamps = [float(r["t_s"]) for r in part if "t_s" in r]
         rows.append(
             PhaseRow(
                 run=run, phase=phase.name, disturbed=phase.disturbed, samples=len(part),
+                seconds=round(max(stamps) - min(stamps), 1) if len(stamps) > 1 else None,
                 p50_total_ms=s["time_ms"]["total"]["p50"] if part else None,
                 p95_total_ms=s["time_ms"]["total"]["p95"] if part else None,
                 p95_settled_ms=percentile(late, 95) if late else None,
@@ -186,9 +189,8 @@ def _threshold(row: PhaseRow) -> str:
 
 
 COLUMNS = (
-    "phase", "run", "samples", "T_total p50 / p95 ms", "p95 2nd half", "overall accuracy",
-    "local exit",
-    "degraded", "threshold median",
+    "phase", "run", "samples", "seconds", "T_total p50 / p95 ms", "p95 2nd half",
+    "overall accuracy", "local exit", "degraded", "threshold median",
 )  # fmt: skip
 
 
@@ -198,7 +200,7 @@ def phase_table(rows: Sequence[PhaseRow]) -> str:
     ordered = sorted(rows, key=lambda r: (order.index(r.phase), r.run != "static"))
     cells = [
         [
-            r.phase + (" (disturbed)" if r.disturbed else ""), r.run, r.samples,
+            r.phase + (" (disturbed)" if r.disturbed else ""), r.run, r.samples, r.seconds,
             f"{_ms(r.p50_total_ms)} / {_ms(r.p95_total_ms)}", _ms(r.p95_settled_ms), r.accuracy,
             r.local_exit,
             r.degraded, _threshold(r),
