@@ -200,7 +200,7 @@ def phase_table(rows: Sequence[PhaseRow]) -> str:
     ordered = sorted(rows, key=lambda r: (order.index(r.phase), r.run != "static"))
     cells = [
         [
-            r.phase + (" (disturbed)" if r.disturbed else ""), r.run, r.samples, r.seconds,
+            r.phase + (" (disturbed)" if r.disturbed else ""), r.run, r.samples, _ms(r.seconds),
             f"{_ms(r.p50_total_ms)} / {_ms(r.p95_total_ms)}", _ms(r.p95_settled_ms), r.accuracy,
             r.local_exit,
             r.degraded, _threshold(r),
