@@ -1,5 +1,5 @@
-"""`ddnn bench runtime | load | fuzz`: the round trip and throughput of the runtime, how much load
-the server holds, and how it takes malformed input."""
+"""`ddnn bench runtime | load | fuzz | links`: the round trip and throughput of the runtime, how
+much load the server holds, how it takes malformed input, and what the emulated links measure."""
 
 from __future__ import annotations
 
@@ -78,7 +78,23 @@ def cmd_bench_fuzz(args: argparse.Namespace) -> int:
     return 0 if result["ok"] else 1
 
 
+def cmd_bench_links(args: argparse.Namespace) -> int:
+    from ddnn.bench.links import bench_links, bench_links_text
+
+    result = bench_links(args.link or None, args.count)
+    print(json.dumps(result) if args.json else bench_links_text(result))
+    return 0
+
+
 def register_bench(bsub: Any) -> None:
+    p = bsub.add_parser(
+        "links", help="calibration and the MQTT round trip through each emulated link (root)"
+    )
+    p.add_argument("--link", action="append", help="a link profile or file (repeat; default: all)")
+    p.add_argument("--count", type=int, default=40, help="round trips per link")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_bench_links)
+
     p = bsub.add_parser("runtime", help="round trip vs bare paho, bytes, server throughput")
     p.add_argument("run_dir", help="a trained model folder (a device section with bits)")
     p.add_argument("--repeats", type=int, default=300)

@@ -17,6 +17,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from ddnn.emulation.profiles import load_device_profile, load_link_profile
 from ddnn.errors import DdnnError
 from ddnn.names import IDENTIFIER, IDENTIFIER_RULE
 from ddnn.runtime.protocol import (
@@ -294,9 +295,26 @@ class DeploymentConfig:
     )
     thresholds: tuple[float, ...] | None = flag(None, _THRESHOLDS_HELP, name="--threshold")
     latency_budget_ms: float | None = flag(None, "the devices' latency budget (see ddnn device)")
+    device_profile: str | None = flag(
+        None, "run each device under this device's CPU speed: a profile name (pi3, pi4, ...) "
+        "or a TOML file; needs root and a cgroup cpu controller (docs/emulation.md)",
+    )  # fmt: skip
+    link: str | None = flag(
+        None, "each device's traffic over this link: a profile name (wifi, lte, ...) or a TOML "
+        "file; needs root (network namespaces, tc)",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         _check_thresholds(self.thresholds)
+        if self.device_profile is not None:
+            load_device_profile(self.device_profile)  # an unknown name lists the known ones
+        if self.link is not None:
+            load_link_profile(self.link)
+            if self.secure:
+                raise DdnnError(
+                    "--secure with --link is not supported: the devices reach the broker "
+                    "through a relay whose address the broker's TLS certificate does not name"
+                )
         budget = self.latency_budget_ms
         _require(self, "latency_budget_ms", budget is None or budget > 0, "positive")
         _require(self, "devices", self.devices is None or self.devices >= 1, "at least 1")
@@ -312,3 +330,7 @@ class DeploymentConfig:
     @property
     def modes(self) -> tuple[str, ...]:
         return MODES if self.mode == ALL_MODES else (self.mode,)
+
+    @property
+    def emulated(self) -> bool:
+        return self.device_profile is not None or self.link is not None

@@ -12,6 +12,7 @@ from typing import Any, Self
 
 import numpy as np
 
+from ddnn.emulation.cpu import dilated, slowdown_from_env
 from ddnn.errors import DdnnError
 from ddnn.export.engines import DeviceEngine, create_engine
 from ddnn.model.outputs import OTHER
@@ -106,6 +107,7 @@ class DeviceClient(Service):
         self._shed = False  # the last offload was answered OVERLOADED (for the budget controller)
         self._silence_reported = False  # warned about an upstream that does not answer
         self._closed = False
+        self._slowdown = slowdown_from_env()  # set by `ddnn run --device-profile`
 
     @property
     def device_id(self) -> str:
@@ -151,7 +153,8 @@ class DeviceClient(Service):
 
     def _device_first(self, view: np.ndarray, frame_id: int, t0: float) -> Record:
         assert self.engine is not None
-        logits, feats = self.engine.run(view[None])  # [1, C_exit], packed [1, n] or [1, ...]
+        with dilated(self._slowdown):  # as slow as an emulated device's profile, if any
+            logits, feats = self.engine.run(view[None])  # [1, C_exit], packed [1, n] or [...]
         model = self.engine.model
         local = decide(model, 0, logits, self.threshold)[0]
         device_ms = (time.perf_counter() - t0) * 1000

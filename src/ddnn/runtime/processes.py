@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ddnn.errors import DdnnError
@@ -19,7 +20,17 @@ log = logging.getLogger(__name__)
 class Process:
     """One `ddnn ...` child process; `ready_file` is written by the child once it serves."""
 
-    def __init__(self, name: str, args: list[str], logs: Path, ready: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        logs: Path,
+        ready: bool = False,
+        *,
+        launch: Callable[..., subprocess.Popen[bytes]] = subprocess.Popen,
+    ) -> None:
+        """`launch`: what starts the child (Popen's signature), e.g. `EmulatedDevices.popen`
+        bound to a device, to run it inside an emulated device."""
         self.name = name
         self.log_path = logs / f"{name}.log"
         self.ready_file = logs / f"{name}.ready" if ready else None
@@ -27,7 +38,7 @@ class Process:
             self.ready_file.unlink(missing_ok=True)
             args = [*args, "--ready-file", str(self.ready_file)]
         self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
+        self.proc = launch(
             [sys.executable, "-m", "ddnn.cli", *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,

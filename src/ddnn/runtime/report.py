@@ -109,9 +109,26 @@ def report_markdown(report: dict[str, Any]) -> str:
             ]
         )  # fmt: skip
     table = markdown_table(headers, rows)
+    emulated = emulation_text(report.get("emulation"))
+    if emulated:
+        table = f"{emulated}\n\n{table}"
     if not report.get("thresholds"):
         return table
     given = ", ".join(f"{k} {v:g}" for k, v in report["thresholds"].items())
     budget = report.get("latency_budget_ms")
     adaptive = f"; devices adapt the local one to a {budget:g} ms budget" if budget else ""
     return f"exit thresholds ({report['threshold_source']}): {given}{adaptive}\n\n{table}"
+
+
+def emulation_text(emulation: dict[str, Any] | None) -> str:
+    """What the devices were emulated as, the host's calibration, and what was not emulated."""
+    if not emulation:
+        return ""
+    lines = ["emulated devices:"] + [f"- {note}" for note in emulation["notes"]]
+    cal = emulation.get("calibration")
+    if cal:
+        lines.append(
+            f"- calibration: this host {cal['host_gflops']:.1f} GFLOPS on {cal['workload']} "
+            f"(spread {cal['spread'] * 100:.0f} %, {cal['measured_at']})"
+        )
+    return "\n".join(lines)

@@ -13,10 +13,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -166,22 +165,6 @@ def _server_quota(cores: float) -> Iterator[Callable[[int], None]]:
         CpuControl.remove(path, kill=False)
 
 
-class _EmulatedProcess(Process):
-    """A `ddnn` child inside emulated device 0 (its namespace and link): Process, started by
-    `EmulatedDevices.popen` instead of Popen. (Process has no launch hook on this branch; the
-    emulation branch adds one, which would make this class `Process(..., launch=...)`.)"""
-
-    def __init__(self, emu: Any, name: str, args: list[str], logs: Path) -> None:
-        self.name = name
-        self.log_path = logs / f"{name}.log"
-        self.ready_file = logs / f"{name}.ready"
-        self.ready_file.unlink(missing_ok=True)
-        self._log = self.log_path.open("wb")
-        argv = [sys.executable, "-m", "ddnn.cli", *args, "--ready-file", str(self.ready_file)]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = emu.popen(0, argv, stdout=self._log, stderr=subprocess.STDOUT, env=env)
-
-
 @contextmanager
 def _emulated(url: str, calm: LinkSetting) -> Iterator[tuple[Any, Launcher]]:
     """One emulated device (its own network namespace, link and relay) starting at `calm`:
@@ -198,6 +181,7 @@ def _emulated(url: str, calm: LinkSetting) -> Iterator[tuple[Any, Launcher]]:
     with EmulatedDevices(1, broker=(host, int(port)), link=link) as emu:
 
         def launch(name: str, argv: list[str], logs: Path) -> Process:
-            return _EmulatedProcess(emu, name, [*argv, "--broker", emu.broker_url(0)], logs)
+            args = [*argv, "--broker", emu.broker_url(0)]
+            return Process(name, args, logs, ready=True, launch=partial(emu.popen, 0))
 
         yield emu, launch
