@@ -145,7 +145,7 @@ def register_bench(bsub: Any) -> None:
         default="server",
         help="server: extra load mid-run; link: the emulated link slowed mid-run",
     )
-    p.add_argument("--budget-ms", type=float, default=30.0, help="the adaptive run's budget")
+    p.add_argument("--budget-ms", type=float, default=50.0, help="the adaptive run's budget")
     p.add_argument("--deadline-ms", type=float, default=100.0, help="the device's deadline")
     p.add_argument("--rate", type=float, default=100.0, help="samples/s the device streams")
     p.add_argument(
@@ -173,7 +173,7 @@ def register_bench(bsub: Any) -> None:
         "--slow-link",
         type=float,
         nargs=2,
-        default=[0.5, 15.0],
+        default=[0.5, 25.0],
         metavar=("MBIT", "DELAY_MS"),
         help="link: rate and one-way delay when slow",
     )

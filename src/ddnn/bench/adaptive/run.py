@@ -82,7 +82,7 @@ def bench_adaptive(
             disturbance = ServerOverload(template, logs)
             launch = _plain(url)
         else:
-            calm, slow = links or (LinkSetting(100.0, 0.15), LinkSetting(0.5, 15.0))
+            calm, slow = links or (LinkSetting(100.0, 0.15), LinkSetting(0.5, 25.0))
             devices_emulated, launch = stack.enter_context(_emulated(url, calm))
             disturbance = LinkThrottle(devices_emulated, calm, slow)
         phases = setup.phase_list(disturbance.label)
