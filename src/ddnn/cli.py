@@ -41,6 +41,15 @@ def _add_train(sub: Any) -> None:
     p.add_argument(
         "--overwrite", action="store_true", help="replace the run in --out (deletes its files)"
     )
+    p.add_argument(
+        "--distill", metavar="STORE",
+        help="with --from: teach the local exit from a collection store (ddnn serve --collect)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-entropy", type=float, default=0.2,
+        help="with --distill: the cloud's answers at most this uncertain are the targets",
+    )  # fmt: skip
+    p.add_argument("--labels", help="with --distill: CSV of `seq,label` lines (given labels win)")
     from ddnn.distributed.cli import add_train_arguments
 
     add_train_arguments(p)
@@ -56,6 +65,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         logging.getLogger("ddnn.train").setLevel(logging.INFO)
     if args.resume and args.overwrite:
         raise DdnnError("--resume continues a run, --overwrite replaces it: give one of them")
+    if args.distill:
+        return _distill(args)
     if args.resume:
         exp, run_dir = resume_experiment(args.resume), Path(args.resume)
     else:
@@ -84,6 +95,24 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt(how_to_continue(run_dir)) from None
     print(report_text(report, f"{exp.model.name}: test split, thresholds calibrated on validation"))
     print(f"\nrun folder: {run_dir}")
+    return 0
+
+
+def _distill(args: argparse.Namespace) -> int:
+    from ddnn.train.distill import DistillConfig, distill, distill_text
+
+    if not args.init_from or args.resume:
+        raise DdnnError("--distill teaches a stored model: give --from RUN (and no --resume)")
+    given = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
+             "seed": args.seed}  # fmt: skip
+    config = DistillConfig(
+        max_entropy=args.max_entropy, labels=args.labels,
+        **{k: v for k, v in given.items() if v is not None},
+    )  # fmt: skip
+    out = Path(args.out or f"{args.init_from.rstrip('/')}-distilled")
+    report = distill(args.init_from, args.distill, out, config, overwrite=args.overwrite)
+    print(distill_text(report))
+    print(f"\nrun folder: {out}")
     return 0
 
 
@@ -210,6 +239,18 @@ def _add_data(sub: Any) -> None:
     m.add_argument("--missing", type=float, default=0.1, help="chance a camera misses a sample")
     m.add_argument("--seed", type=int, default=0)
     m.set_defaults(handler=cmd_make_colour)
+    s = dsub.add_parser(
+        "make-shifted", help="Fashion-MNIST with contrast, brightness and position shifted, as npz"
+    )
+    s.add_argument("out", help="folder to write train.npz and test.npz into")
+    s.add_argument("--source", help="Fashion-MNIST IDX folder (default: the Debian package's)")
+    s.add_argument("--contrast", type=float, default=0.5, help="pixels times this")
+    s.add_argument("--brightness", type=float, default=0.4, help="plus this times 255")
+    s.add_argument("--shift", type=int, default=2, help="random translation of up to N pixels")
+    s.add_argument("--train", type=int, default=6000, help="training samples")
+    s.add_argument("--test", type=int, default=4000, help="test samples")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(handler=cmd_make_shifted)
 
 
 def cmd_make_colour(args: argparse.Namespace) -> int:
@@ -224,6 +265,19 @@ def cmd_make_colour(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_make_shifted(args: argparse.Namespace) -> int:
+    from ddnn.data.datasets import FASHION_MNIST_DIR
+    from ddnn.data.shifted import make_shifted
+
+    written = make_shifted(
+        args.out, source=args.source or FASHION_MNIST_DIR, contrast=args.contrast,
+        brightness=args.brightness, shift=args.shift, train=args.train, test=args.test,
+        seed=args.seed,
+    )  # fmt: skip
+    print(f"{args.out}: {written['train']} train and {written['test']} test images (npz)")
+    return 0
+
+
 COMMANDS: Sequence[Callable[[Any], None]] = (
     _add_train, _add_evaluate, _add_info, _add_bench, _add_data,
 )  # fmt: skip
@@ -234,8 +288,10 @@ AREAS: Sequence[str] = (
     "ddnn.runtime.cli",
     "ddnn.export.cli",
     "ddnn.distributed.cli",
+    "ddnn.rollout.cli",
     "ddnn.bench.cli",
     "ddnn.planning.cli",
+    "ddnn.store.cli",
 )
 
 

@@ -89,6 +89,7 @@ def test_the_quota_is_the_device_s_speed_over_the_host_s():
     cal = Calibration(host_gflops=100.0)
     assert cal.quota_cores(load_device_profile("pi3")) == pytest.approx(2.5 / 100)
     assert cal.quota_cores(load_device_profile("pi4")) == pytest.approx(6 / 100)
+    assert cal.slowdown(load_device_profile("pi3")) == pytest.approx(100 / 2.5)
 
 
 def test_a_quota_cgroups_cannot_express_is_clamped_with_a_warning(caplog):

@@ -27,7 +27,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("export",),
     ("runtime", "train"),
     ("planning",),
-    ("distributed",),
+    ("distributed", "rollout"),
     ("bench",),
     ("cli",),
 )

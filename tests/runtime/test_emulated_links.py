@@ -3,20 +3,14 @@ takes twice its one-way delay, and `set_link` changes that live."""
 
 from __future__ import annotations
 
-import json
 import os
-import statistics
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from ddnn.bench.links import median_rtt_ms
 from ddnn.emulation.profiles import link_profile_names, load_link_profile
 from ddnn.emulation.session import EmulatedDevices
 from ddnn.runtime.broker import parse_broker_url
-
-PING = Path(__file__).with_name("mqtt_ping.py")
 
 # Tolerance. The relay never releases a chunk early, so the round trip is at least 2 x delay
 # (less 0.5 ms for timer rounding). Above it: the broker's own round trip on loopback (about
@@ -30,16 +24,8 @@ def _needs_root() -> None:
         pytest.skip("needs root: network namespaces, tc and cgroups")
 
 
-def _median_rtt(emu: EmulatedDevices, count: int = 15) -> float:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = emu.popen(
-        0, [sys.executable, str(PING), emu.broker_url(0), str(count)],
-        stdout=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0
-    rtts = json.loads(out)
-    return statistics.median(rtts[2:])  # the first ones warm up paho and the relay
+def _median_rtt(emu: EmulatedDevices) -> float:
+    return median_rtt_ms(emu, 0, count=15)
 
 
 def _within(measured: float, one_way_ms: float) -> bool:

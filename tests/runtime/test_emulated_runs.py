@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
+from ddnn.emulation.cpu import CpuControl
 from ddnn.errors import DdnnError
 from ddnn.runtime.config import DeploymentConfig
 from ddnn.runtime.runner import run_deployment
@@ -48,3 +53,36 @@ def test_an_emulated_run_reports_its_profiles_calibration_and_notes(tiny_ddnn, t
     mine = f"ddnn-emu-{os.getpid()}-"
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert mine not in namespaces
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_ctrl_c_during_an_emulated_run_leaves_nothing_behind(tiny_ddnn, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root: network namespaces, tc and cgroups")
+    argv = [
+        sys.executable, "-m", "ddnn.cli", "run", str(tiny_ddnn), "--samples", "400",
+        "--rate", "5", "--mode", "device+server", "--workers", "1", "--device-profile", "pi4",
+        "--link", "wifi", "--out", str(tmp_path / "out"),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    run = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    namespace = f"ddnn-emu-{run.pid}-0"
+    deadline = time.monotonic() + 240
+    inside: list[str] = []
+    while not inside and time.monotonic() < deadline and run.poll() is None:
+        time.sleep(0.2)
+        pids = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True)
+        inside = pids.stdout.split()  # the device process has started in its namespace
+    assert inside, "the emulated device never started"
+    time.sleep(1.0)
+    run.send_signal(signal.SIGINT)
+    assert run.wait(timeout=60) != 0
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert namespace not in namespaces and f"dde{run.pid}h" not in links
+    root = CpuControl.detect().root
+    assert root is None or not list(root.glob(f"ddnn-emu-{run.pid}-*"))
+    for pid in inside:  # gone, or a zombie waiting for init
+        stat = Path(f"/proc/{pid}/stat")
+        assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"

@@ -1,6 +1,6 @@
-"""`ddnn bench runtime | load | fuzz | plan | table2 | crossover`: the round trip and throughput
-of the runtime, how much load the server holds, how it takes malformed input, and the co-design
-checks on an emulated device and link (issue 13)."""
+"""`ddnn bench runtime | load | fuzz | links | plan | table2 | crossover`: the round trip and
+throughput of the runtime, how much load the server holds, how it takes malformed input, what
+the emulated links measure, and the co-design checks on an emulated device and link (issue 13)."""
 
 from __future__ import annotations
 
@@ -47,6 +47,25 @@ def cmd_bench_load(args: argparse.Namespace) -> int:
         progress=not args.json,
     )
     print(json.dumps(result) if args.json else bench_load_text(result))
+    return 0
+
+
+def cmd_bench_adaptive(args: argparse.Namespace) -> int:
+    from ddnn.bench.adaptive.disturb import LinkSetting
+    from ddnn.bench.adaptive.experiment import StreamSetup
+    from ddnn.bench.adaptive.run import bench_adaptive, report_text
+
+    setup = StreamSetup(
+        budget_ms=args.budget_ms, deadline_ms=args.deadline_ms, rate=args.rate,
+        phases=tuple(args.phases), engine=args.engine,
+    )  # fmt: skip
+    out = args.out or str(Path(args.run_dir) / f"adaptive-{args.scenario}")
+    report = bench_adaptive(
+        args.run_dir, out, setup, scenario=args.scenario, load=(args.load_devices, args.load_rate),
+        server_cores=args.server_cores, workers=args.workers,
+        links=(LinkSetting(*args.calm_link), LinkSetting(*args.slow_link)),
+    )  # fmt: skip
+    print(json.dumps(report) if args.json else f"{report_text(report)}\n\nreport and plot: {out}")
     return 0
 
 
@@ -165,8 +184,24 @@ def _register_codesign(bsub: Any) -> None:
     p.set_defaults(handler=cmd_bench_crossover)
 
 
+def cmd_bench_links(args: argparse.Namespace) -> int:
+    from ddnn.bench.links import bench_links, bench_links_text
+
+    result = bench_links(args.link or None, args.count)
+    print(json.dumps(result) if args.json else bench_links_text(result))
+    return 0
+
+
 def register_bench(bsub: Any) -> None:
     _register_codesign(bsub)
+    p = bsub.add_parser(
+        "links", help="calibration and the MQTT round trip through each emulated link (root)"
+    )
+    p.add_argument("--link", action="append", help="a link profile or file (repeat; default: all)")
+    p.add_argument("--count", type=int, default=40, help="round trips per link")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_bench_links)
+
     p = bsub.add_parser("runtime", help="round trip vs bare paho, bytes, server throughput")
     p.add_argument("run_dir", help="a trained model folder (a device section with bits)")
     p.add_argument("--repeats", type=int, default=300)
@@ -206,6 +241,52 @@ def register_bench(bsub: Any) -> None:
     )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=cmd_bench_load)
+
+    p = bsub.add_parser(
+        "adaptive", help="fixed threshold vs --latency-budget-ms while the link or server degrades"
+    )
+    p.add_argument("run_dir", help="a trained one-device model folder")
+    p.add_argument(
+        "--scenario",
+        choices=("server", "link"),
+        default="server",
+        help="server: extra load mid-run; link: the emulated link slowed mid-run",
+    )
+    p.add_argument("--budget-ms", type=float, default=50.0, help="the adaptive run's budget")
+    p.add_argument("--deadline-ms", type=float, default=100.0, help="the device's deadline")
+    p.add_argument("--rate", type=float, default=100.0, help="samples/s the device streams")
+    p.add_argument(
+        "--phases",
+        type=int,
+        nargs=3,
+        default=[2000, 3000, 3000],
+        metavar=("CALM", "DISTURBED", "CALM_AGAIN"),
+        help="samples in each phase",
+    )
+    p.add_argument("--engine", default="torch", help="the device's engine: torch, onnx or c")
+    p.add_argument("--load-devices", type=int, default=8, help="server: extra devices")
+    p.add_argument("--load-rate", type=float, default=50.0, help="server: requests/s each")
+    p.add_argument("--server-cores", type=float, help="the server's CPU quota (cores)")
+    p.add_argument("--workers", type=int, default=2, help="ddnn serve --workers")
+    p.add_argument(
+        "--calm-link",
+        type=float,
+        nargs=2,
+        default=[100.0, 0.15],
+        metavar=("MBIT", "DELAY_MS"),
+        help="link: rate and one-way delay when calm",
+    )
+    p.add_argument(
+        "--slow-link",
+        type=float,
+        nargs=2,
+        default=[0.5, 25.0],
+        metavar=("MBIT", "DELAY_MS"),
+        help="link: rate and one-way delay when slow",
+    )
+    p.add_argument("--out", help="report folder (default RUN_DIR/adaptive-SCENARIO)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=cmd_bench_adaptive)
 
     p = bsub.add_parser("fuzz", help="fuzz the frame decoder and a live server (needs hypothesis)")
     p.add_argument(

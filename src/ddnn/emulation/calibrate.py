@@ -57,6 +57,10 @@ class Calibration:
             )  # fmt: skip
         return clamped
 
+    def slowdown(self, profile: DeviceProfile) -> float:
+        """How many times longer the reference workload takes on `profile` than here."""
+        return self.host_gflops / profile.gflops
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -6,6 +6,12 @@ The cfs period is short (10 ms) rather than the kernel's 100 ms default: a quota
 either 5 ms or 100 ms depending on where in the period it starts. With 10 ms periods the stall
 is at most ~10 ms and the average speed is the same. The kernel wants a quota of at least
 1 ms, so below 10 % of a core the period grows instead (quota 1 ms, period 1 ms / cores).
+
+The trap: a quota limits average use, not speed. A job shorter than the quota (1 ms of host CPU,
+which is ~55 ms on a Pi 3) finds the budget full and runs at host speed. So the inference of an
+emulated device is also *dilated*: `dilated()` sleeps (slowdown - 1) x the CPU time the block
+used, which makes every call take the profile's time, and costs the budget exactly what the
+sleep refills. The quota still bounds everything else (Python, MQTT) on average.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 SHORT_PERIOD_US = 10_000
+SLOWDOWN_ENV = "DDNN_EMULATED_SLOWDOWN"  # host speed / device speed, set for device processes
 MIN_QUOTA_US = 1_000  # the kernel refuses less
 MAX_PERIOD_US = 1_000_000  # the kernel refuses more
 
@@ -145,3 +152,27 @@ def cpu_limited(cores: float, name: str) -> Iterator[Callable[[], None] | None]:
         yield enter_cgroup(path)
     finally:
         CpuControl.remove(path)
+
+
+def slowdown_from_env() -> float | None:
+    """The slowdown an emulation asked this process for (SLOWDOWN_ENV), if any."""
+    text = os.environ.get(SLOWDOWN_ENV)
+    try:
+        value = float(text) if text else None
+    except ValueError:
+        log.warning("ignoring %s=%r: not a number", SLOWDOWN_ENV, text)
+        return None
+    return value if value is not None and value > 1 else None
+
+
+@contextmanager
+def dilated(slowdown: float | None) -> Iterator[None]:
+    """Run the block, then sleep (slowdown - 1) x the process CPU time it used, so it takes
+    `slowdown` times as long as on this host (None or <= 1: no effect). Process time, not thread
+    time, so engines computing on their own threads count too."""
+    if slowdown is None or slowdown <= 1:
+        yield
+        return
+    start = time.process_time()
+    yield
+    time.sleep((time.process_time() - start) * (slowdown - 1))

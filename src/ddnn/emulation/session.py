@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import ipaddress
 import logging
+import os
 import signal
 import subprocess
 import tempfile
@@ -27,7 +28,7 @@ from typing import Any
 
 from ddnn.emulation import netns
 from ddnn.emulation.calibrate import Calibration, calibrate
-from ddnn.emulation.cpu import CpuControl, cfs_period_us, enter_cgroup
+from ddnn.emulation.cpu import SLOWDOWN_ENV, CpuControl, cfs_period_us, enter_cgroup
 from ddnn.emulation.leftovers import namespace_name, sweep, veth_names
 from ddnn.emulation.profiles import DeviceProfile, LinkProfile
 from ddnn.emulation.relay import DelayRelay
@@ -40,6 +41,7 @@ QUEUE_S = 1.0  # tbf queues up to a second of traffic rather than dropping (netn
 MAX_DEVICES = 63
 MECHANISM = {
     "cpu": "cgroup cfs quota: profile GFLOPS / host GFLOPS of one core (emulation/cpu.py)",
+    "inference": "the device section's CPU time x host GFLOPS / profile GFLOPS, slept out",
     "rate": "tc tbf on both ends of a veth pair into the device's network namespace",
     "delay": "a TCP relay on the host end holding each chunk for the one-way delay, both ways",
 }
@@ -88,6 +90,13 @@ class EmulatedDevices:
         self._entered = False
 
     @property
+    def slowdown(self) -> float | None:
+        """Host speed over device speed on the reference workload (None: CPU not emulated)."""
+        if self.device is None or self.calibration is None:
+            return None
+        return self.calibration.slowdown(self.device)
+
+    @property
     def quota_cores(self) -> float | None:
         if self.device is None or self.calibration is None:
             return None
@@ -134,7 +143,8 @@ class EmulatedDevices:
             self.notes.append("CPU NOT emulated (no device profile): devices run at host speed")
         self.notes.append(
             "not emulated: loss, jitter, the device's RAM and cores (one torch thread runs), "
-            "its memory bandwidth, and Python overhead's different ratio on ARM"
+            "its memory bandwidth, and Python overhead's different ratio on ARM; the broker, "
+            "server and edge run on this host"
         )
 
     def _setup_links(self, link: LinkProfile) -> None:
@@ -177,6 +187,10 @@ class EmulatedDevices:
             f" GFLOPS = {cores:.4f} of a core (cgroup {self._control.kind}, period "
             f"{cfs_period_us(cores) / 1000:g} ms)"
             + ("" if self.cpu_from_start else "; limited from the start signal, not while loading")
+        )
+        self.notes.append(
+            f"device inference dilated x{self.calibration.slowdown(device):.1f}: it sleeps that "
+            "multiple of its host CPU time, as a quota lets a job under 1 ms through at full speed"
         )
 
     def limit_cpu(self, on: bool = True, devices: Sequence[int] | None = None) -> None:
@@ -227,6 +241,10 @@ class EmulatedDevices:
         host, port = dev.relay.address
         return f"mqtt://{host}:{port}"
 
+    def cgroup(self, i: int) -> Path | None:
+        """Device i's cgroup folder (its cpu.stat says how often the quota throttled it)."""
+        return self._devices[i].cgroup
+
     def popen(self, i: int, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
         """Start argv inside device i's namespace and cgroup (Popen's keywords pass through)."""
         if "preexec_fn" in kwargs:
@@ -234,6 +252,8 @@ class EmulatedDevices:
         dev = self._devices[i]
         prefix = netns.inside(dev.ns) if dev.ns else ()
         pre = enter_cgroup(dev.cgroup) if dev.cgroup is not None else None
+        if self.slowdown is not None:  # the device's inference dilates itself (cpu.dilated)
+            kwargs["env"] = {**(kwargs.get("env") or os.environ), SLOWDOWN_ENV: f"{self.slowdown}"}
         proc = subprocess.Popen([*prefix, *argv], preexec_fn=pre, **kwargs)
         self._procs.append(proc)
         return proc
@@ -267,6 +287,7 @@ class EmulatedDevices:
             "link_profile": asdict(self.link) if self.link else None,
             "calibration": self.calibration.to_dict() if self.calibration else None,
             "quota_cores": self.quota_cores,
+            "slowdown": self.slowdown,
             "cfs_period_us": cfs_period_us(self.quota_cores) if self.quota_cores else None,
             "link_changes": list(self.link_changes),
             "mechanism": MECHANISM,

@@ -24,7 +24,12 @@ from ddnn.runtime.config import (
     add_flags,
     from_args,
 )
-from ddnn.runtime.protocol import EDGE_IDENTITY, SERVER_IDENTITY, default_device_ids
+from ddnn.runtime.protocol import (
+    EDGE_IDENTITY,
+    OPERATOR_IDENTITY,
+    SERVER_IDENTITY,
+    default_device_ids,
+)
 
 if TYPE_CHECKING:
     from ddnn.runtime.security import BrokerAccess
@@ -114,7 +119,8 @@ def cmd_broker(args: argparse.Namespace) -> int:
         created = None if Path(args.secure).exists() else Path(args.secure).resolve()
         setup = provision(
             args.secure, devices, args.servers.split(","), args.edges.split(","),
-            tls=not args.no_tls, hostnames=[args.host, *filter(None, [args.public_host])],
+            operators=args.operators.split(","), tls=not args.no_tls,
+            hostnames=[args.host, *filter(None, [args.public_host])],
             cert_file=args.cert, key_file=args.key, ca_file=args.ca,
         )  # fmt: skip
     elif args.cert or args.key or args.ca or args.no_tls:
@@ -158,17 +164,23 @@ def _device_ids(text: str) -> list[str]:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     _one_thread_per_worker()
+    from ddnn.runtime.control import RolloutControl
     from ddnn.runtime.metrics import MetricsServer
-    from ddnn.runtime.server import InferenceServer, ModelDB
+    from ddnn.runtime.server import InferenceServer
+    from ddnn.runtime.versions import LiveModels
 
-    db = ModelDB(args.run_dirs)
     access = _access(args)
     # on a secure broker the servers' shared-subscription group is the access file's secret one
     group = {"group": access.share_group} if access is not None and access.share_group else {}
     config = from_args(ServerConfig, args, **group)
+    db = LiveModels(args.run_dirs, grace_s=config.unload_after_s)
+    identity = access.username if access is not None and access.username else SERVER_IDENTITY
     with (
         _connect(args, access) as (url, transport),
         InferenceServer(transport, db, config) as server,
+        RolloutControl(
+            transport, db, metrics=server.metrics, group=config.group, identity=identity
+        ),
         MetricsServer(server.metrics, server.healthy, port=config.http_port) as http,
     ):
         models = ", ".join(f"{n} v{v}" for n, v in sorted(db.models))
@@ -332,6 +344,10 @@ def register(sub: Any) -> None:
     p.add_argument("--devices", default="4", help="with --secure: a count, or comma-separated ids")
     p.add_argument("--servers", default=SERVER_IDENTITY, help="with --secure: server identities")
     p.add_argument("--edges", default=EDGE_IDENTITY, help="with --secure: edge identities")
+    p.add_argument(
+        "--operators", default=OPERATOR_IDENTITY,
+        help="with --secure: identities that may deploy and roll back (ddnn deploy)",
+    )  # fmt: skip
     p.add_argument("--no-tls", action="store_true", help="with --secure: passwords and ACL only")
     p.add_argument("--cert", help="with --secure: your broker certificate (PEM) instead of ours")
     p.add_argument("--key", help="with --secure: its private key")
@@ -357,7 +373,16 @@ def register(sub: Any) -> None:
     p.add_argument("run_dir")
     add_flags(p, DeviceConfig, "device_id", "index")
     _add_broker_option(p)
-    add_flags(p, DeviceConfig, "engine", "mode", "deadline_ms", "thresholds", "latency_budget_ms")
+    add_flags(
+        p,
+        DeviceConfig,
+        "engine",
+        "mode",
+        "deadline_ms",
+        "thresholds",
+        "latency_budget_ms",
+        "follow",
+    )
     p.add_argument("--images", nargs="*", help="image files instead of the test split")
     p.add_argument("--dataset")
     p.add_argument("--data-dir")

@@ -23,6 +23,7 @@ from ddnn.names import IDENTIFIER, IDENTIFIER_RULE
 from ddnn.runtime.protocol import (
     DEVICE_SERVER,
     EDGE_IDENTITY,
+    FOLLOW_MODES,
     MODES,
     SERVER_GROUP,
     default_device_id,
@@ -158,6 +159,12 @@ _THRESHOLDS_HELP = (
 )
 
 
+_FOLLOW_HELP = (
+    "follow live rollouts (ddnn deploy): fetch new versions from a server (mqtt) or read them "
+    "from the folder the server announces (path); default: stay on this version"
+)
+
+
 def _require(config: Any, name: str, ok: bool, what: str) -> None:
     """Raise a DdnnError naming the field, its flag and the value when `ok` is false."""
     if ok:
@@ -184,14 +191,27 @@ class ServerConfig:
         name="--no-inline",
     )
     http_port: int = flag(0, "metrics/health port (0: free)")
+    unload_after_s: float = flag(
+        30.0, "after a deploy, unload the old version once no request named it for this long"
+    )
     group: str = SERVER_GROUP  # shared-subscription group; a secure broker's access file names it
+    collect: str | None = flag(
+        None,
+        "keep the answered requests (features or raw input, the answers, version, time) in this "
+        "folder: training data for `ddnn collect` and `ddnn train --distill` (default: off)",
+    )
+    collect_max_mb: float = flag(100.0, "with --collect: stop collecting at this many MB")
+    collect_max_count: int = flag(100_000, "with --collect: stop collecting at this many requests")
 
     def __post_init__(self) -> None:
+        _require(self, "collect_max_mb", self.collect_max_mb > 0, "positive")
+        _require(self, "collect_max_count", self.collect_max_count >= 1, "at least 1")
         _require(self, "workers", self.workers >= 1, "at least 1")
         _require(self, "max_batch", self.max_batch >= 1, "at least 1")
         _require(self, "max_wait_ms", self.max_wait_ms >= 0, "0 or more")
         _require(self, "queue_limit", self.queue_limit >= 1, "at least 1")
         _require(self, "http_port", 0 <= self.http_port <= 65535, "a port in 0..65535")
+        _require(self, "unload_after_s", self.unload_after_s >= 0, "0 or more")
         _require(self, "group", bool(self.group), "a non-empty name")
 
 
@@ -213,9 +233,16 @@ class EdgeConfig:
         DEFAULT_DEADLINE_MS, "how long a forward waits for the server"
     )
     thresholds: tuple[float, ...] | None = flag(None, _THRESHOLDS_HELP, name="--threshold")
+    follow: str | None = flag(None, _FOLLOW_HELP, choices=FOLLOW_MODES)
+    switch_after_frames: int = flag(
+        20, "following: the devices switch this many frames after the newest the edge has seen"
+    )
 
     def __post_init__(self) -> None:
         _check_thresholds(self.thresholds)
+        follow = self.follow
+        _require(self, "follow", follow is None or follow in FOLLOW_MODES, "mqtt or path")
+        _require(self, "switch_after_frames", self.switch_after_frames >= 1, "at least 1")
         ids = self.device_ids
         _require(self, "device_ids", ids is None or (bool(ids) and all(map(_is_id, ids))), _IDS)
         _require(self, "identity", _is_id(self.identity), _ID)
@@ -249,11 +276,14 @@ class DeviceConfig:
         "raise the local exit threshold while offloaded samples' p95 latency exceeds this, "
         "back toward the calibrated one when they recover (default: fixed threshold)",
     )
+    follow: str | None = flag(None, _FOLLOW_HELP, choices=FOLLOW_MODES)
 
     def __post_init__(self) -> None:
         _check_thresholds(self.thresholds)
         budget = self.latency_budget_ms
         _require(self, "latency_budget_ms", budget is None or budget > 0, "positive")
+        follow = self.follow
+        _require(self, "follow", follow is None or follow in FOLLOW_MODES, "mqtt or path")
         _require(self, "device_id", _is_id(self.device_id), _ID)
         _require(self, "index", self.index >= 0, "0 or more")
         _require(self, "mode", self.mode in MODES, f"one of {', '.join(MODES)}")

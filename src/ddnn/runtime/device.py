@@ -12,6 +12,7 @@ from typing import Any, Self
 
 import numpy as np
 
+from ddnn.emulation.cpu import dilated, slowdown_from_env
 from ddnn.errors import DdnnError
 from ddnn.export.engines import DeviceEngine, create_engine
 from ddnn.model.outputs import OTHER
@@ -21,6 +22,7 @@ from ddnn.runtime.config import DeviceConfig
 from ddnn.runtime.executor import Answer, decide, exit_thresholds
 from ddnn.runtime.lifecycle import Service
 from ddnn.runtime.protocol import DEVICE_SERVER, EDGE_PREFIX, TOPIC_PREFIX, request_topic
+from ddnn.runtime.rollout import Follower, Prepared
 from ddnn.runtime.transport import Transport
 from ddnn.runtime.wire import (
     Encoding,
@@ -58,6 +60,8 @@ class Record:
     missing: list[str] = field(default_factory=list)
     message: str = ""
     threshold: float | None = None  # the local exit's threshold for this sample (None: no exit)
+    version: int = 0  # the model version this sample was computed with, on every tier
+    rollout: str = ""  # a live rollout on this sample: the switch, or why the device kept its own
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,10 +106,20 @@ class DeviceClient(Service):
                 )
             self.controller = BudgetController(self.threshold, config.latency_budget_ms)
         self.requester = Requester(transport, config.device_id)
+        self.follower: Follower | None = None
+        if config.follow is not None:
+            parts = (f"device{config.index}",) if self.engine is not None else ()
+            self.follower = Follower(
+                transport, model=self.model_name, version=self.version,
+                identity=config.device_id, parts=parts, folder=Path(run_dir) / "fetched",
+                prepare=self._prepare, discard=_close_engine, mode=config.follow,
+                coordinated=self.multi,
+            )  # fmt: skip
         self.deadline_misses = 0  # offloads with no answer by the deadline (counted in _fallback)
         self._shed = False  # the last offload was answered OVERLOADED (for the budget controller)
         self._silence_reported = False  # warned about an upstream that does not answer
         self._closed = False
+        self._slowdown = slowdown_from_env()  # set by `ddnn run --device-profile`
 
     @property
     def device_id(self) -> str:
@@ -117,6 +131,8 @@ class DeviceClient(Service):
 
     def start(self) -> Self:
         self.requester.start()
+        if self.follower is not None:
+            self.follower.start()
         return self
 
     def close(self) -> None:
@@ -124,6 +140,8 @@ class DeviceClient(Service):
         if self._closed:
             return
         self._closed = True
+        if self.follower is not None:
+            self.follower.close()
         self.requester.close()
         if self.engine is not None:
             self.engine.close()
@@ -133,13 +151,14 @@ class DeviceClient(Service):
         view = np.asarray(view, dtype=np.float32)
         if tuple(view.shape) != tuple(self.view_shape):
             raise DdnnError(f"view has shape {view.shape}; this device expects {self.view_shape}")
+        note = self._follow(frame_id) if self.follower is not None else ""
         t0 = time.perf_counter()
         if self.engine is None:  # server-only, or a model without a device section
             tensors = (encode_tensor(view[None], Encoding.UNIT8, name="x"),)  # [1, C, h, w]
             rec = self._offload(tensors, 0, frame_id, t0, 0.0, None)
         else:
             rec = self._device_first(view, frame_id, t0)
-        rec.label = label
+        rec.label, rec.version, rec.rollout = label, self.version, note
         rec.threshold = self.threshold if self.engine is not None else None
         if self.controller is not None:  # the next sample's threshold
             shed, self._shed = self._shed, False
@@ -149,9 +168,40 @@ class DeviceClient(Service):
             )
         return rec
 
+    def _prepare(self, folder: Path) -> tuple[DeviceEngine | None, float | None]:
+        """The engine and local threshold of a fetched version (on the follower's thread)."""
+        spec = open_model(folder).spec
+        if tuple(spec.view_shape) != tuple(self.view_shape):
+            raise DdnnError(
+                f"it takes views of {spec.view_shape}, this device has {self.view_shape}"
+            )
+        engine = None
+        if self.engine is not None:
+            engine = create_engine(self.config.engine, folder, self.config.index)
+        threshold = exit_thresholds(spec, self.config.thresholds).get(spec.exit_sections[0].name)
+        return engine, threshold
+
+    def _follow(self, frame_id: int) -> str:
+        """Switch to a fetched version between two samples; the note for this sample's record."""
+        assert self.follower is not None
+        ready, note = self.follower.take(frame_id)
+        if ready is None:
+            return note
+        return "; ".join(filter(None, [self._switch(ready), note]))
+
+    def _switch(self, ready: Prepared) -> str:
+        old, previous = self.engine, self.version
+        self.engine, threshold = ready.payload
+        self.version = ready.version
+        if self.controller is None:  # an adapting threshold keeps its own course
+            self.threshold = threshold
+        _close_engine((old, None))
+        return f"switched v{previous} -> v{ready.version}"
+
     def _device_first(self, view: np.ndarray, frame_id: int, t0: float) -> Record:
         assert self.engine is not None
-        logits, feats = self.engine.run(view[None])  # [1, C_exit], packed [1, n] or [1, ...]
+        with dilated(self._slowdown):  # as slow as an emulated device's profile, if any
+            logits, feats = self.engine.run(view[None])  # [1, C_exit], packed [1, n] or [...]
         model = self.engine.model
         local = decide(model, 0, logits, self.threshold)[0]
         device_ms = (time.perf_counter() - t0) * 1000
@@ -265,3 +315,9 @@ class DeviceClient(Service):
             self.device_id, frame_id, predicted, 0, local.predicted, True, "degraded", device_ms,
             total_ms - device_ms, 0.0, total_ms, frame_bytes, packet_bytes, message=why,
         )  # fmt: skip
+
+
+def _close_engine(prepared: tuple[DeviceEngine | None, float | None]) -> None:
+    engine = prepared[0]
+    if engine is not None:
+        engine.close()

@@ -3,6 +3,8 @@ default identities. Every tier, the ACL and the benches take these from here, ne
 
 Topics are sent with every PUBLISH, so they are short: `dd/q/<model>/<section>/<device>` for
 requests, `dd/a/<device>` for replies and errors, and requests to an edge under `dd/e/q/...`.
+Live rollouts add `dd/c/...` (control: an operator's commands and their answers, the servers'
+version announcements, the edges' switch frames) and `dd/f/...` (fetching a new version's files).
 The layouts are spelled out only in this module, in each function's f-string rather than
 through `requests_root` / `replies_root` (the server builds a topic per message: no extra
 call); the ACL in `security` derives from those two, so a layout change here must change them
@@ -31,6 +33,11 @@ MODES = (DEVICE_SERVER, SERVER_ONLY)
 
 SERVER_IDENTITY = "server"  # default MQTT identities (usernames on a secure broker)
 EDGE_IDENTITY = "edge"
+OPERATOR_IDENTITY = "operator"  # who may deploy and roll back (`ddnn deploy`)
+
+FOLLOW_MQTT = "mqtt"  # a following device fetches a new version's files from a server
+FOLLOW_PATH = "path"  # ... or reads them from the folder the server announced (shared disk)
+FOLLOW_MODES = (FOLLOW_MQTT, FOLLOW_PATH)
 
 _PREFIX = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
 
@@ -115,3 +122,75 @@ def parse_request_topic(topic: str, *, prefix: str = TOPIC_PREFIX) -> tuple[str,
     check_identifier("model", model)
     check_identifier("device_id", device_id)
     return model, section, device_id
+
+
+# -- live rollout: control and fetch topics ------------------------------------------------------
+
+
+def control_root(prefix: str = TOPIC_PREFIX) -> str:
+    """The level every control topic under `prefix` starts with ('dd/c')."""
+    _check_prefix(prefix)
+    return f"{prefix}/c"
+
+
+def fetch_root(prefix: str = TOPIC_PREFIX) -> str:
+    """The level every fetch topic under `prefix` starts with ('dd/f')."""
+    _check_prefix(prefix)
+    return f"{prefix}/f"
+
+
+def command_topic(operator: str, *, prefix: str = TOPIC_PREFIX) -> str:
+    """Where `operator` publishes deploy and rollback commands; every server reads them."""
+    check_identifier("operator", operator)
+    return f"{control_root(prefix)}/q/{operator}"
+
+
+def command_filter(*, prefix: str = TOPIC_PREFIX) -> str:
+    """Every operator's commands. Not shared: each server of a site must load the version."""
+    return f"{control_root(prefix)}/q/+"
+
+
+def command_reply_topic(operator: str, *, prefix: str = TOPIC_PREFIX) -> str:
+    """Where servers answer `operator`'s commands."""
+    check_identifier("operator", operator)
+    return f"{control_root(prefix)}/a/{operator}"
+
+
+def version_topic(model: str, *, prefix: str = TOPIC_PREFIX) -> str:
+    """Where servers announce the version of `model` that devices should move to."""
+    check_identifier("model", model)
+    return f"{control_root(prefix)}/v/{model}"
+
+
+def switch_topic(model: str, *, prefix: str = TOPIC_PREFIX) -> str:
+    """Where the edge of a multi-device `model` tells its devices at which frame to switch."""
+    check_identifier("model", model)
+    return f"{control_root(prefix)}/s/{model}"
+
+
+def fetch_topic(model: str, requester: str, *, prefix: str = TOPIC_PREFIX) -> str:
+    """Where `requester` (a device or an edge) asks for files of a version of `model`."""
+    check_identifier("model", model)
+    check_identifier("requester", requester)
+    return f"{fetch_root(prefix)}/q/{model}/{requester}"
+
+
+def fetch_filter(*, group: str | None = None, prefix: str = TOPIC_PREFIX) -> str:
+    """Every fetch request; with `group`, shared: one server of the group answers each."""
+    topic_filter = f"{fetch_root(prefix)}/q/+/+"
+    if group is None:
+        return topic_filter
+    check_identifier("group", group)
+    return f"$share/{group}/{topic_filter}"
+
+
+def fetch_reply_topic(requester: str, *, prefix: str = TOPIC_PREFIX) -> str:
+    """Where the chunks of `requester`'s fetches arrive."""
+    check_identifier("requester", requester)
+    return f"{fetch_root(prefix)}/a/{requester}"
+
+
+def last_level(topic: str) -> str:
+    """The identity a command or fetch topic ends with: whom to answer (the ACL lets only that
+    identity publish there)."""
+    return topic.rsplit("/", 1)[-1]

@@ -28,6 +28,7 @@ from ddnn.runtime.checks import (
     request_limit,
     server_inputs,
 )
+from ddnn.runtime.collecting import collect_answers, open_collector
 from ddnn.runtime.config import ServerConfig
 from ddnn.runtime.executor import SectionExecutor
 from ddnn.runtime.lifecycle import Service
@@ -70,6 +71,9 @@ class ModelDB:
             key = (stored.name, stored.version)
             self.models[key] = SectionExecutor(stored.load())
             log.info("serving %s v%d from %s", key[0], key[1], folder)
+
+    def used(self, name: str, version: int, device: str) -> None:
+        """A request from `device` named `name` v`version` (live tables track it)."""
 
     def get(self, name: str, version: int) -> SectionExecutor:
         executor = self.models.get((name, version))
@@ -139,6 +143,7 @@ class InferenceServer(Service):
         self._busy_lock = threading.Lock()
         self._last_read = 0.0  # when the transport thread last became free for a message
         self._threads: list[threading.Thread] = []
+        self.collector = open_collector(self.config, self.metrics)  # None unless --collect
 
     @property
     def max_batch(self) -> int:
@@ -154,6 +159,8 @@ class InferenceServer(Service):
         take it. Starting twice, or after close, does nothing."""
         if self._threads or self._stop.is_set():
             return self
+        if self.collector is not None:
+            self.collector.start()
         self._threads = [
             threading.Thread(target=self._supervise, name=f"server-worker-{i}", daemon=True)
             for i in range(self.config.workers)
@@ -177,6 +184,8 @@ class InferenceServer(Service):
         self._stop.set()
         for t in self._threads:
             t.join(timeout=5)
+        if self.collector is not None:
+            self.collector.close()
 
     # -- transport thread: enqueue, or answer a lone request at once -------------------------
 
@@ -279,6 +288,7 @@ class InferenceServer(Service):
         if self._duplicate(frame):
             self.metrics.inc(*DUPLICATES_DROPPED)
             return None
+        self.db.used(frame.model, frame.model_version, frame.device_id)
         try:
             shape = self.db.input_shape(frame.model, frame.model_version, frame.section)
             x, present = server_inputs(frame, shape)
@@ -317,6 +327,9 @@ class InferenceServer(Service):
         finally:  # one lock for the batch, and only what was answered
             self.metrics.observe_many(QUEUE_MS.name, waits[:sent], QUEUE_MS.help)
             self.metrics.inc(*REPLIES, value=sent, status="ok")
+        if self.collector is not None:  # answered: keep them (queued, written off this thread)
+            done_jobs = [(j.request, j.x, j.present) for j in jobs]
+            collect_answers(self.collector, executor.spec, section, done_jobs, answers)
 
     # -- replies -----------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ from ddnn.runtime.edge.frames import (
     Reject,
     Respond,
 )
+from ddnn.runtime.edge.rollout import EdgeRollout, EdgeVersions
 from ddnn.runtime.executor import Answer, exit_thresholds
 from ddnn.runtime.lifecycle import Service
 from ddnn.runtime.metric_names import (
@@ -128,6 +129,15 @@ class EdgeAggregator(Service):
             late_window=2 * frame_deadline + self.upstream_deadline + 1.0,
         )
         self.requester = Requester(transport, config.identity)
+        self.versions = EdgeVersions(self.version, self.compute)  # which version judges a frame
+        self._newest_frame = 0
+        self.rollout: EdgeRollout | None = None
+        if config.follow is not None:
+            self.rollout = EdgeRollout(
+                transport, self.versions, model=self.model_name, identity=config.identity,
+                run_dir=run_dir, mode=config.follow, thresholds=config.thresholds,
+                margin=config.switch_after_frames, metrics=self.metrics,
+            )  # fmt: skip
         self._inbox: queue.Queue[_Message | _Upstream | None] = queue.Queue()
         self._upstream: ThreadPoolExecutor | None = None
         self._stop = threading.Event()
@@ -146,6 +156,8 @@ class EdgeAggregator(Service):
         self._upstream = ThreadPoolExecutor(max_workers=16, thread_name_prefix="edge-upstream")
         self._thread.start()
         self.requester.start()
+        if self.rollout is not None:
+            self.rollout.start()
         for section in (0, 1):
             topic_filter = request_filter(self.model_name, section, prefix=EDGE_PREFIX)
             self.transport.subscribe(topic_filter, self._on_message)
@@ -165,6 +177,8 @@ class EdgeAggregator(Service):
         self._inbox.put(None)
         self._thread.join(timeout=5)
         self._upstream.shutdown(wait=True, cancel_futures=True)
+        if self.rollout is not None:
+            self.rollout.close()
         self.requester.close()
 
     def _on_message(self, topic: str, payload: bytes) -> None:
@@ -186,6 +200,8 @@ class EdgeAggregator(Service):
                 elif isinstance(item, _Upstream):
                     self._upstream_done(item)
                 self._run(self.table.expire(time.perf_counter()))
+                if self.rollout is not None:
+                    self.rollout.tick(self._newest_frame)
             except Exception:  # never let one message stop the edge
                 log.exception("edge failed on a message")
 
@@ -199,17 +215,19 @@ class EdgeAggregator(Service):
                 self.transport, self.metrics, topic, payload, exc.status, str(exc), EDGE_PREFIX
             )
             return
+        version, compute = self.versions.for_frame(request.frame_id)
         try:
             check_device_report(
                 request,
-                version=self.version,
+                version=version,
                 devices=self.device_ids,
-                row=self.compute.row(request.section),
-                classes=self.compute.classes,
+                row=compute.row(request.section),
+                classes=compute.classes,
             )
         except RequestError as exc:
             reply_error(self.transport, self.metrics, request, exc.status, str(exc))
             return
+        self._newest_frame = max(self._newest_frame, request.frame_id)
         self._run(self.table.report(request, message.arrived, time.perf_counter()))
 
     # -- carrying out the table's actions -------------------------------------------------------
@@ -219,7 +237,8 @@ class EdgeAggregator(Service):
             if isinstance(action, Fuse):
                 if action.timed_out:
                     self.metrics.inc(*FRAMES_INCOMPLETE)
-                local = self.compute.fuse(action.frame.requests)
+                compute = self._compute(action.frame)
+                local = compute.fuse(action.frame.requests)
                 self._run(self.table.fused(action.frame, local, time.perf_counter()))
             elif isinstance(action, AskFeatures):
                 self.metrics.inc(*FEATURES_ASKED)
@@ -243,19 +262,24 @@ class EdgeAggregator(Service):
     def _escalate(self, frame: Frame) -> None:
         """Raw views to the server (server-only), or the features that came to the edge section
         or the server; with no features at all the fused scores are all there is."""
-        x, present = self.compute.views(frame.requests, frame.section)
+        compute = self._compute(frame)
+        x, present = compute.views(frame.requests, frame.section)
         if frame.section == 0:
-            self._forward(frame, Forward(0, self.compute.encode(0, x, present), None))
+            self._forward(frame, Forward(0, compute.encode(0, x, present), None))
             return
         assert frame.fused is not None
         if not present.any():  # nobody sent features in time
             self._settle(frame, Outcome(frame.fused, time.perf_counter(), degraded=True))
             return
-        step = self.compute.upper(x, present, frame.fused)
+        step = compute.upper(x, present, frame.fused)
         if isinstance(step, Forward):
             self._forward(frame, step)
         else:
             self._settle(frame, Outcome(step, time.perf_counter()))
+
+    def _compute(self, frame: Frame) -> EdgeCompute:
+        """The sections of the version that judges `frame` (see `rollout`)."""
+        return self.versions.for_frame(frame.frame_id)[1]
 
     def _settle(self, frame: Frame, outcome: Outcome) -> None:
         self._run(self.table.settle(frame, outcome))
@@ -280,8 +304,9 @@ class EdgeAggregator(Service):
     # -- upstream ------------------------------------------------------------------------------
 
     def _forward(self, frame: Frame, step: Forward) -> None:
+        version = self.versions.for_frame(frame.frame_id)[0]  # the version the frame ran on
         request = Request(
-            self.requester.next_id(), self.model_name, self.version, self.requester.identity,
+            self.requester.next_id(), self.model_name, version, self.requester.identity,
             frame.frame_id, step.section, step.tensors,
         )  # fmt: skip
         edge_done = time.perf_counter()

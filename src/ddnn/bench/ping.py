@@ -1,5 +1,6 @@
-"""Helper process: connect to a broker URL, publish a small message to a topic it subscribes to,
-N times one after another, and print the round trips in ms as one JSON list."""
+"""`python -m ddnn.bench.ping URL N`: connect to a broker, publish a 100-byte message to a topic
+it subscribes to, N times one after another (QoS 0), and print the round trips in ms as one JSON
+list. A process of its own, so it can run inside an emulated device's namespace."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import time
 
 import paho.mqtt.client as mqtt
 
-TOPIC = "ddnn/test/emulation/ping"
+TOPIC = "ddnn/bench/ping"
 
 
 def main(url: str, count: int) -> None:
