@@ -25,6 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("store",),
     ("export",),
     ("runtime", "train"),
+    ("agent",),
     ("distributed",),
     ("bench",),
     ("cli",),
