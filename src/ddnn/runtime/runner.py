@@ -60,7 +60,7 @@ def run_deployment(
     report: dict[str, Any] = {
         "model": spec.name, "version": stored.version, "devices": n,
         "samples_requested": config.samples, "rate_per_device": config.rate,
-        "engine": config.engine, "workers": config.workers, "secure": config.secure,
+        "engine": config.engine, "device_impl": config.device_impl, "workers": config.workers, "secure": config.secure,
         "thresholds": exit_thresholds(spec, config.thresholds),
         "threshold_source": "calibrated" if config.thresholds is None else "--threshold",
         "latency_budget_ms": config.latency_budget_ms,
@@ -133,7 +133,8 @@ def _stream(
             rate=config.rate,
             records=str(rec_file),
         )
-        args = ["device", run, *connect(device), *to_argv(client), *to_argv(feed)]
+        command = "device" if config.device_impl == "python" else "agent"  # the C agent
+        args = [command, run, *connect(device), *to_argv(client), *to_argv(feed)]
         args += ["--start-file", str(start)]
         procs.append((Process(f"device-{mode}-{device}", args, logs, ready=True), rec_file))
     rate = config.rate
