@@ -247,9 +247,10 @@ def test_malformed_replies_never_crash_the_agent(agent, tiny_ddnn, broker, tmp_p
     spy.subscribe(request_topic("ddnn", 1, "fuzz"), lambda t, p: requests.put(p))
     xs, labels = views(tiny_ddnn, samples)
     command = [str(agent), "--broker", broker.url, "--id", "fuzz", "--threshold", "0"]
+    log = (tmp_path / "agent.log").open("w")
     proc = subprocess.Popen(
         [*command, "--deadline-ms", "600", *feed(tmp_path, xs, labels)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=log, text=True,
     )  # fmt: skip
     sent = 0
     try:
@@ -258,15 +259,18 @@ def test_malformed_replies_never_crash_the_agent(agent, tiny_ddnn, broker, tmp_p
             for data in malformed_answers(rid, frames):
                 spy.publish(reply_topic("fuzz"), data)
                 sent += 1
-        out, err = proc.communicate(timeout=60)
+        out, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
         spy.close()
+        log.close()
+    err = (tmp_path / "agent.log").read_text()
     assert proc.returncode == 0, err
     records = [json.loads(line) for line in out.splitlines()]
     assert [r["frame_id"] for r in records] == list(range(samples))
     assert all(r["status"] == "degraded" and r["message"] == "deadline passed" for r in records)
     assert sent > 100 * samples // 2
     assert "malformed reply" in err
+    assert f"{sent} malformed" in err  # every one seen and refused

@@ -48,7 +48,7 @@ typedef struct {
     int answered;
     ddnn_answer answer;
     /* counters */
-    long dropped_replies, deadline_misses, unrouted, publish_refused;
+    long dropped_replies, deadline_misses, unrouted, publish_refused, malformed;
     int silence_reported;
 } agent_t;
 
@@ -135,7 +135,9 @@ static void on_message(struct mosquitto *m, void *obj, const struct mosquitto_me
     static ddnn_answer got;
     const char *why = NULL;
     if (ddnn_decode_answer(msg->payload, (size_t)msg->payloadlen, &got, &why)) {
-        say("%s: malformed reply on %s: %s", A.device_id, msg->topic, why);
+        if (++A.malformed <= 5) /* a flood of junk must not flood the log */
+            say("%s: malformed reply on %s: %s%s", A.device_id, msg->topic, why,
+                A.malformed == 5 ? " (no more of these are logged)" : "");
         return;
     }
     if (got.request_id == 0) {
@@ -596,8 +598,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "%ld request(s) from %s were refused by the broker: this identity may not "
                         "publish there (the device id must match the access file's username)\n",
                 A.publish_refused, A.device_id);
-    say("%s: %ld sample(s), %ld deadline miss(es), %ld late or duplicate repl(ies) dropped",
-        A.device_id, n, A.deadline_misses, A.dropped_replies);
+    say("%s: %ld sample(s), %ld deadline miss(es), %ld late or duplicate repl(ies) dropped, "
+        "%ld malformed", A.device_id, n, A.deadline_misses, A.dropped_replies, A.malformed);
     mosquitto_disconnect(A.m);
     mosquitto_destroy(A.m);
     mosquitto_lib_cleanup();
