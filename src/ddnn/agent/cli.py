@@ -43,6 +43,29 @@ def register(sub: Any) -> None:
     export.set_defaults(handler=_export_with_agent(export.get_default("handler")))
 
 
+def register_bench(bsub: Any) -> None:
+    p = bsub.add_parser(
+        "agent", help="CPU per offloaded sample: the C agent against the Python device"
+    )
+    p.add_argument("run_dir")
+    p.add_argument("--samples", type=int, default=200, help="offloaded samples per run")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_bench_agent)
+
+
+def cmd_bench_agent(args: argparse.Namespace) -> int:
+    import json
+
+    from ddnn.agent.bench import bench_agent, bench_text
+
+    if args.samples < 10 or args.repeats < 1:
+        raise DdnnError("--samples must be >= 10 and --repeats >= 1")
+    result = bench_agent(args.run_dir, args.samples, repeats=args.repeats)
+    print(json.dumps(result, indent=2) if args.json else bench_text(result))
+    return 0
+
+
 def _export_with_agent(export_handler: Any) -> Any:
     def handler(args: argparse.Namespace) -> int:
         if not args.agent:
