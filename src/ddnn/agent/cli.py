@@ -48,7 +48,7 @@ def register_bench(bsub: Any) -> None:
         "agent", help="CPU per offloaded sample: the C agent against the Python device"
     )
     p.add_argument("run_dir")
-    p.add_argument("--samples", type=int, default=200, help="offloaded samples per run")
+    p.add_argument("--samples", type=int, default=300, help="offloaded samples per run")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_bench_agent)
@@ -61,7 +61,7 @@ def cmd_bench_agent(args: argparse.Namespace) -> int:
 
     if args.samples < 10 or args.repeats < 1:
         raise DdnnError("--samples must be >= 10 and --repeats >= 1")
-    result = bench_agent(args.run_dir, args.samples, repeats=args.repeats)
+    result = bench_agent(args.run_dir, args.samples, args.repeats)
     print(json.dumps(result, indent=2) if args.json else bench_text(result))
     return 0
 
