@@ -9,7 +9,6 @@ import json
 import queue
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 
 from ddnn.agent.build import build_agent, check_libmosquitto, ensure_agent
-from ddnn.agent.generate import BINARY, write_agent
+from ddnn.agent.generate import write_agent
 from ddnn.bench.fuzz import headed_bytes, mutated_frames, random_bytes
 from ddnn.data.datasets import create_dataset
 from ddnn.errors import DdnnError
@@ -87,7 +86,8 @@ def python_records(run: Path, url: str, xs: np.ndarray, labels: list[int], **con
     transport = MqttTransport.from_url(url)
     try:
         with DeviceClient(transport, run, DeviceConfig(**config)) as device:
-            return [device.infer(x, i, y).to_dict() for i, (x, y) in enumerate(zip(xs, labels))]
+            pairs = enumerate(zip(xs, labels, strict=True))
+            return [device.infer(x, i, y).to_dict() for i, (x, y) in pairs]
     finally:
         transport.close()
 

@@ -60,7 +60,8 @@ def run_deployment(
     report: dict[str, Any] = {
         "model": spec.name, "version": stored.version, "devices": n,
         "samples_requested": config.samples, "rate_per_device": config.rate,
-        "engine": config.engine, "device_impl": config.device_impl, "workers": config.workers, "secure": config.secure,
+        "engine": config.engine, "device_impl": config.device_impl, "workers": config.workers,
+        "secure": config.secure,
         "thresholds": exit_thresholds(spec, config.thresholds),
         "threshold_source": "calibrated" if config.thresholds is None else "--threshold",
         "latency_budget_ms": config.latency_budget_ms,
