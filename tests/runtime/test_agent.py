@@ -274,3 +274,44 @@ def test_malformed_replies_never_crash_the_agent(agent, tiny_ddnn, broker, tmp_p
     assert sent > 100 * samples // 2
     assert "malformed reply" in err
     assert f"{sent} malformed" in err  # every one seen and refused
+
+
+def test_ddnn_run_deploys_the_c_agent_as_its_devices(agent, tiny_ddnn, tmp_path):
+    from ddnn.runtime.config import DeploymentConfig
+    from ddnn.runtime.runner import run_deployment
+
+    config = DeploymentConfig(devices=2, samples=12, mode="device+server", device_impl="c")
+    report = run_deployment(tiny_ddnn, tmp_path, config)
+    assert report["device_impl"] == "c"
+    assert report["configurations"]["device+server"]["samples"] == 12
+    logs = sorted((tmp_path / "logs").glob("device-*-dev*.log"))
+    assert len(logs) == 2 and all("ddnn_agent: dev" in p.read_text() for p in logs)
+    records = (tmp_path / "records-device+server.jsonl").read_text().splitlines()
+    assert sorted(json.loads(r)["frame_id"] for r in records) == list(range(12))
+
+
+def test_the_agent_uses_an_access_file_on_a_tls_password_acl_broker(agent, tiny_ddnn, tmp_path):
+    """The access file `ddnn broker --secure` writes: TLS with its CA, username and password;
+    the ACL lets dev0 publish only as dev0, so answers prove all three were used."""
+    from ddnn.runtime.broker import MosquittoBroker, find_mosquitto
+    from ddnn.runtime.security import provision
+
+    try:
+        find_mosquitto()
+    except DdnnError as exc:
+        pytest.skip(str(exc))
+    setup = provision(tmp_path / "secure", ["dev0"])
+    with MosquittoBroker(security=setup) as broker:
+        access = setup.access("server")
+        transport = MqttTransport.from_url(access.url, **access.transport_kwargs())
+        config = ServerConfig(workers=1, group=access.share_group)
+        try:
+            with InferenceServer(transport, ModelDB([tiny_ddnn]), config):
+                xs, labels = views(tiny_ddnn, 6)
+                auth = ["--auth", str(setup.access_file("dev0")), "--threshold", "0"]
+                ours, _ = run_agent([str(agent), *auth], *feed(tmp_path, xs, labels))
+        finally:
+            transport.close()
+        assert broker.url.startswith("mqtts://")
+    assert [r["status"] for r in ours] == ["ok"] * 6
+    assert all(r["device"] == "dev0" and r["exit_index"] == 1 for r in ours)

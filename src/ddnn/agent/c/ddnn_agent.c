@@ -531,8 +531,6 @@ int main(int argc, char **argv)
         else die(2, "unknown option %s (usage: see docs/agent.md)", arg);
     }
     if (A.threshold > 1.0) die(2, "--threshold must be in [0, 1], got %g", A.threshold);
-    if (!ddnn_is_identifier(A.device_id, strlen(A.device_id)))
-        die(2, "--id %s is not an identifier (1-64 letters, digits, '.', '_' or '-')", A.device_id);
     if (!strcmp(mode, "server-only")) A.server_only = 1;
     else if (strcmp(mode, "device+server")) die(2, "--mode must be device+server or server-only, got %s", mode);
     if (A.has_threshold) ddnn_device_set_threshold((float)A.threshold);
@@ -547,6 +545,8 @@ int main(int argc, char **argv)
     if (auth && acc.has_username && id_given && strcmp(acc.username, A.device_id))
         die(2, "--id %s differs from the access file's identity %s", A.device_id, acc.username);
     if (auth && acc.has_username) A.device_id = strdup(acc.username);
+    if (!ddnn_is_identifier(A.device_id, strlen(A.device_id)))
+        die(2, "--id %s is not an identifier (1-64 letters, digits, '.', '_' or '-')", A.device_id);
     if (!A.url) A.url = auth ? acc.url : NULL;
     if (!A.url) die(2, "give --broker mqtt://host:port or --auth FILE");
     if (ddnn_parse_url(A.url, &acc, err, sizeof err)) die(2, "%s", err);
