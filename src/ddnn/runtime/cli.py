@@ -321,8 +321,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report))
     else:
+        runs = "the C agent" if report["device_impl"] == "c" else f"engine {report['engine']}"
         print(f"{report['model']} v{report['version']}, {report['devices']} device(s), "
-              f"engine {report['engine']}:\n")  # fmt: skip
+              f"{runs}:\n")  # fmt: skip
         print(report_markdown(report))
         print(f"\nreport, records and plot: {out}")
     return 0

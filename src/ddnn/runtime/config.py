@@ -29,6 +29,7 @@ from ddnn.runtime.protocol import (
     default_device_id,
 )
 
+DEVICE_IMPLS = ("python", "c")  # what runs a device in `ddnn run`: `ddnn device` or `ddnn agent`
 ALL_MODES = "both"  # `ddnn run --mode both`: each of MODES in turn
 DEFAULT_DEADLINE_MS = 2000.0  # a device's wait for its answer; the edge's wait for the server
 
@@ -319,6 +320,11 @@ class DeploymentConfig:
     workers: int = flag(ServerConfig.workers, "server worker threads")
     broker: str | None = flag(None, "mqtt[s]://host:port of a running broker (default: start one)")
     engine: str = flag(DeviceConfig.engine, "the devices' engine: torch, onnx or c")
+    device_impl: str = flag(
+        DEVICE_IMPLS[0],
+        "python: `ddnn device` processes; c: the generated C agent (`ddnn agent`, libmosquitto)",
+        choices=DEVICE_IMPLS,
+    )
     deadline_ms: float = flag(DeviceConfig.deadline_ms, "the devices' deadline")
     secure: bool = flag(
         False, "its own broker with passwords, ACL and TLS; each process its own identity"
@@ -354,8 +360,15 @@ class DeploymentConfig:
         _require(self, "mode", self.mode in valid, f"one of {', '.join(valid)}")
         _require(self, "workers", self.workers >= 1, "at least 1")
         _require(self, "deadline_ms", self.deadline_ms > 0, "positive")
+        _require(self, "device_impl", self.device_impl in DEVICE_IMPLS, " or ".join(DEVICE_IMPLS))
         if self.secure and self.broker:
             raise DdnnError("--secure starts its own broker; drop --broker (or secure that broker)")
+        if self.device_impl == "c" and self.device_profile is not None:
+            raise DdnnError(
+                "--device-profile with --device-impl c is not supported: the C agent does not "
+                "dilate its compute to the profile's speed (only the Python device does); "
+                "emulate its link with --link alone"
+            )
 
     @property
     def modes(self) -> tuple[str, ...]:

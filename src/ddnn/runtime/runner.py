@@ -67,7 +67,8 @@ def run_deployment(
     report: dict[str, Any] = {
         "model": spec.name, "version": stored.version, "devices": n,
         "samples_requested": config.samples, "rate_per_device": config.rate,
-        "engine": config.engine, "workers": config.workers, "secure": config.secure,
+        "engine": config.engine, "device_impl": config.device_impl, "workers": config.workers,
+        "secure": config.secure,
         "thresholds": exit_thresholds(spec, config.thresholds),
         "threshold_source": "calibrated" if config.thresholds is None else "--threshold",
         "latency_budget_ms": config.latency_budget_ms,
@@ -148,7 +149,8 @@ def _stream(
         )
         linked = emu is not None and emu.link is not None
         reach = ["--broker", emu.broker_url(k)] if linked else connect(device)
-        args = ["device", run, *reach, *to_argv(client), *to_argv(feed)]
+        command = "device" if config.device_impl == "python" else "agent"  # the C agent
+        args = [command, run, *reach, *to_argv(client), *to_argv(feed)]
         args += ["--start-file", str(start)]
         launch = partial(emu.popen, k) if emu is not None else subprocess.Popen
         name = f"device-{mode}-{device}"
