@@ -204,7 +204,7 @@ def test_a_device_cannot_act_for_another_device(secure_broker, tiny_ddnn, caplog
         d0.subscribe("dd/#", spy)
         requester = Requester(d1, "dev1").start()
         try:
-            with caplog.at_level(logging.ERROR, logger="ddnn.runtime.mqtt"):
+            with caplog.at_level(logging.ERROR, logger="ddnn.runtime"):
                 topic, forged = raw_request(tiny_ddnn, "dev1", 7)
                 d0.publish(topic, encode_frame(forged))  # a request in dev1's name
                 d0.publish(reply_topic("dev1"), b"forged reply")

@@ -26,6 +26,7 @@ from ddnn.runtime.protocol import (
     SERVER_GROUP,
     default_device_id,
 )
+from ddnn.runtime.transport import DEFAULT_MQTT_CLIENT, mqtt_client_names
 
 ALL_MODES = "both"  # `ddnn run --mode both`: each of MODES in turn
 DEFAULT_DEADLINE_MS = 2000.0  # a device's wait for its answer; the edge's wait for the server
@@ -167,6 +168,22 @@ def _require(config: Any, name: str, ok: bool, what: str) -> None:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ConnectionConfig:
+    """How a tier process speaks MQTT (`--broker` / `--auth` say to whom)."""
+
+    mqtt_client: str = flag(
+        DEFAULT_MQTT_CLIENT,
+        "MQTT client library: paho (pure Python) or libmosquitto (C, Debian libmosquitto1: "
+        "less CPU per message; see docs/runtime.md)",
+        choices=mqtt_client_names(),
+    )
+
+    def __post_init__(self) -> None:
+        valid = mqtt_client_names()
+        _require(self, "mqtt_client", self.mqtt_client in valid, f"one of {', '.join(valid)}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class ServerConfig:
     """`ddnn serve`: the worker pool and its batching."""
 
@@ -294,11 +311,17 @@ class DeploymentConfig:
     )
     thresholds: tuple[float, ...] | None = flag(None, _THRESHOLDS_HELP, name="--threshold")
     latency_budget_ms: float | None = flag(None, "the devices' latency budget (see ddnn device)")
+    mqtt_client: str = flag(
+        ConnectionConfig.mqtt_client,
+        "every tier's MQTT client library (see ddnn serve)",
+        choices=mqtt_client_names(),
+    )
 
     def __post_init__(self) -> None:
         _check_thresholds(self.thresholds)
         budget = self.latency_budget_ms
         _require(self, "latency_budget_ms", budget is None or budget > 0, "positive")
+        ConnectionConfig(mqtt_client=self.mqtt_client)  # checks it
         _require(self, "devices", self.devices is None or self.devices >= 1, "at least 1")
         _require(self, "samples", self.samples >= 1, "at least 1")
         _require(self, "rate", self.rate >= 0, "0 or more")

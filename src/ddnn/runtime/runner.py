@@ -14,6 +14,7 @@ from typing import Any
 from ddnn.errors import DdnnError
 from ddnn.runtime.broker import MosquittoBroker
 from ddnn.runtime.config import (
+    ConnectionConfig,
     DeploymentConfig,
     DeviceConfig,
     EdgeConfig,
@@ -63,7 +64,7 @@ def run_deployment(
         "engine": config.engine, "workers": config.workers, "secure": config.secure,
         "thresholds": exit_thresholds(spec, config.thresholds),
         "threshold_source": "calibrated" if config.thresholds is None else "--threshold",
-        "latency_budget_ms": config.latency_budget_ms,
+        "latency_budget_ms": config.latency_budget_ms, "mqtt_client": config.mqtt_client,
         "configurations": {},
     }  # fmt: skip
     device_ids = default_device_ids(n)
@@ -71,11 +72,13 @@ def run_deployment(
         setup = provision(out / "secure", device_ids) if config.secure else None
         url = config.broker or stack.enter_context(MosquittoBroker(security=setup)).url
 
+        client = to_argv(ConnectionConfig(mqtt_client=config.mqtt_client))
+
         def connect(identity: str) -> list[str]:
             """How a tier process reaches the broker: its own access file when secure."""
             if setup is None:
-                return ["--broker", url]
-            return ["--auth", str(setup.access_file(identity))]
+                return ["--broker", url, *client]
+            return ["--auth", str(setup.access_file(identity)), *client]
 
         server_config = ServerConfig(workers=config.workers)
         serve = ["serve", run, *connect(SERVER_IDENTITY), *to_argv(server_config)]

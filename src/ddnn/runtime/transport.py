@@ -283,7 +283,7 @@ def register_transport(scheme: str, factory: TransportFactory) -> None:
 
 
 def _lazy(module: str, cls_name: str) -> TransportFactory:
-    """Import on first use so `memory://` users never import paho."""
+    """Import on first use so `memory://` users never import paho (nor load libmosquitto)."""
 
     def factory(url: str, **kwargs: Any) -> Transport:
         cls: type[Transport] = getattr(importlib.import_module(module), cls_name)
@@ -293,13 +293,44 @@ def _lazy(module: str, cls_name: str) -> TransportFactory:
 
 
 register_transport("memory", _lazy("ddnn.runtime.memory", "MemoryTransport"))
-register_transport("mqtt", _lazy("ddnn.runtime.mqtt", "MqttTransport"))
-register_transport("mqtts", _lazy("ddnn.runtime.mqtt", "MqttTransport"))
+
+# --- MQTT client libraries --------------------------------------------------------------------
+
+DEFAULT_MQTT_CLIENT = "paho"
+MQTT_SCHEMES = ("mqtt", "mqtts")
+_CLIENTS: dict[str, TransportFactory] = {}
 
 
-def create_transport(url: str, **kwargs: Any) -> Transport:
+def register_mqtt_client(name: str, factory: TransportFactory) -> None:
+    """Make `create_transport("mqtt://...", mqtt_client=name)` call `factory(url, **kwargs)`."""
+    _CLIENTS[name] = factory
+
+
+def mqtt_client_names() -> tuple[str, ...]:
+    """The MQTT client libraries a broker transport can use (`--mqtt-client`)."""
+    return tuple(_CLIENTS)
+
+
+def _mqtt(url: str, *, mqtt_client: str = DEFAULT_MQTT_CLIENT, **kwargs: Any) -> Transport:
+    if mqtt_client not in _CLIENTS:
+        raise DdnnError(
+            f"unknown MQTT client {mqtt_client!r}; valid: {', '.join(mqtt_client_names())}"
+        )
+    return _CLIENTS[mqtt_client](url, **kwargs)
+
+
+register_mqtt_client("paho", _lazy("ddnn.runtime.mqtt", "MqttTransport"))
+register_mqtt_client("libmosquitto", _lazy("ddnn.runtime.mosquitto", "MosquittoTransport"))
+for _scheme in MQTT_SCHEMES:
+    register_transport(_scheme, _mqtt)
+
+
+def create_transport(
+    url: str, *, mqtt_client: str = DEFAULT_MQTT_CLIENT, **kwargs: Any
+) -> Transport:
     """`memory://<name>` (in-process hub), `mqtt://host:port` or `mqtts://host:port` (a
-    broker, plain or TLS)."""
+    broker, plain or TLS, through the client library `mqtt_client`: see
+    `mqtt_client_names()`; the in-process hub has none and ignores it)."""
     scheme, sep, _ = url.partition("://") if isinstance(url, str) else ("", "", "")
     if not sep or scheme not in _REGISTRY:
         valid = ", ".join(f"{s}://" for s in sorted(_REGISTRY))
@@ -307,4 +338,6 @@ def create_transport(url: str, **kwargs: Any) -> Transport:
             f"unknown transport URL {url!r}; valid schemes: {valid} "
             "(e.g. memory://test or mqtt://127.0.0.1:1883)"
         )
+    if scheme in MQTT_SCHEMES:
+        kwargs["mqtt_client"] = mqtt_client
     return _REGISTRY[scheme](url, **kwargs)
