@@ -9,6 +9,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ddnn.runtime.transport import mqtt_client_names
+
 
 def register(sub: Any) -> None:
     """No top-level commands: everything here is a benchmark."""
@@ -54,7 +56,10 @@ def cmd_bench_fuzz(args: argparse.Namespace) -> int:
 
     if args.verbose < 2:  # the server logs every bad message it answers: thousands of warnings
         logging.getLogger("ddnn.runtime").setLevel(logging.ERROR)
-    result = bench_fuzz(args.examples, args.run_dir, args.live, args.seed, progress=not args.json)
+    result = bench_fuzz(
+        args.examples, args.run_dir, args.live, args.seed, progress=not args.json,
+        mqtt_client=args.mqtt_client,
+    )  # fmt: skip
     print(json.dumps(result) if args.json else bench_fuzz_text(result))
     return 0 if result["ok"] else 1
 
@@ -109,5 +114,10 @@ def register_bench(bsub: Any) -> None:
     p.add_argument("--examples", type=int, default=10000, help="inputs per decoder property")
     p.add_argument("--live", type=int, help="messages sent to the live server (default: examples)")
     p.add_argument("--seed", type=int, help="hypothesis seed, to repeat a run")
+    p.add_argument(
+        "--mqtt-client", choices=mqtt_client_names(),
+        help="run the live part on a Mosquitto of its own through this MQTT client library "
+        "(default: an in-memory hub)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=cmd_bench_fuzz)

@@ -8,6 +8,7 @@ here once so the in-memory transport behaves like a real broker in tests.
 from __future__ import annotations
 
 import importlib
+import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable
@@ -75,9 +76,25 @@ def validate_filter(topic_filter: str) -> tuple[str | None, str]:
     return group, inner
 
 
+# What Mosquitto (and libmosquitto, before sending) treat as malformed UTF-8 in a topic: control
+# characters and non-characters, which MQTT says SHOULD NOT appear. A broker disconnects a
+# client that sends one, so every transport refuses them up front.
+_REFUSED_CHARACTERS = re.compile(
+    "[\x01-\x1f\x7f-\x9f\ufdd0-\ufdef"
+    + "".join(chr((plane << 16) | 0xFFFE) + chr((plane << 16) | 0xFFFF) for plane in range(17))
+    + "]"
+)
+
+
 def _check_common(text: str, what: str) -> None:
     if "\x00" in text:
         raise DdnnError(f"{what} {text!r} contains a NUL character")
+    refused = _REFUSED_CHARACTERS.search(text)
+    if refused is not None:
+        raise DdnnError(
+            f"{what} {text!r} contains U+{ord(refused.group()):04X}: brokers refuse control "
+            "characters and non-characters in topics (MQTT 1.5.4)"
+        )
     if len(text.encode("utf-8", "surrogatepass")) > 65535:
         raise DdnnError(f"{what} is longer than MQTT's 65535-byte limit")
 
