@@ -73,6 +73,7 @@ def respond(kind: str, port: int, requests: int) -> None:
 
         lib = libmosq.lib()
         mosq = lib.mosquitto_new(None, True, None)
+        lib.mosquitto_threaded_set(mosq, True)  # its loop runs in a thread it did not start
         lib.mosquitto_int_option(mosq, libmosq.OPT_PROTOCOL_VERSION, libmosq.PROTOCOL_V5)
         lib.mosquitto_int_option(mosq, libmosq.OPT_TCP_NODELAY, 1)
 
@@ -94,9 +95,12 @@ def respond(kind: str, port: int, requests: int) -> None:
         t = create_transport(f"mqtt://127.0.0.1:{port}", mqtt_client=client)
         t.subscribe("cmp/q", lambda topic, payload: (t.publish("cmp/a", payload), tick()))
     time.sleep(0.5)  # the SUBACK is in
-    print("ready", flush=True)
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
     done.wait()
-    print(json.dumps({"cpu_s": time.process_time() - cpu0[0]}), flush=True)
+    sys.stdout.write(json.dumps({"cpu_s": time.process_time() - cpu0[0]}) + "\n")
+    sys.stdout.flush()
+    sys.stdin.read()  # until the load is done: the last replies may still be on their way
 
 
 def load(port: int, requests: int, window: int) -> float:
@@ -111,8 +115,8 @@ def load(port: int, requests: int, window: int) -> float:
         for _ in range(min(window, requests)):
             t.publish("cmp/q", payload)
         for sent in range(window, requests + window):
-            if not got.acquire(timeout=10):
-                raise RuntimeError("a reply was lost")
+            if not got.acquire(timeout=30):
+                raise RuntimeError(f"a reply was lost after {sent - window} replies")
             if sent < requests:
                 t.publish("cmp/q", payload)
         return requests / (time.perf_counter() - t0)
@@ -122,14 +126,19 @@ def one_round(kind: str, port: int, requests: int, window: int) -> dict[str, flo
     proc = subprocess.Popen(
         [sys.executable, __file__, "--respond", kind, "--port", str(port), "--requests",
          str(requests)],
-        stdout=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         assert proc.stdout is not None
         if proc.stdout.readline().strip() != "ready":
             raise RuntimeError(f"the {kind} responder did not start")
-        rate = load(port, requests, window)
+        try:
+            rate = load(port, requests, window)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{kind}: {exc}") from None
         cpu = json.loads(proc.stdout.readline())["cpu_s"]
+        assert proc.stdin is not None
+        proc.stdin.close()
         proc.wait(10)
     finally:
         if proc.poll() is None:
@@ -158,13 +167,18 @@ def main() -> None:
         for _ in range(args.rounds):
             for kind in kinds:
                 found[kind].append(one_round(kind, broker.port, args.requests, args.window))
-    print("| responder | CPU us per request (median) | runs | requests/s (median) |")
-    print("|---|---|---|---|")
+    lines = [
+        "| responder | CPU us per request (median) | runs | requests/s (median) |",
+        "|---|---|---|---|",
+    ]
     for kind, runs in found.items():
         cpu = [r["cpu_us_per_request"] for r in runs]
         rate = statistics.median(r["requests_per_s"] for r in runs)
-        print(f"| {kind} | {statistics.median(cpu):.1f} | "
-              f"{', '.join(f'{c:.1f}' for c in cpu)} | {rate:.0f} |")  # fmt: skip
+        lines.append(
+            f"| {kind} | {statistics.median(cpu):.1f} | {', '.join(f'{c:.1f}' for c in cpu)} | "
+            f"{rate:.0f} |"
+        )
+    sys.stdout.write("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

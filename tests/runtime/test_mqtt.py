@@ -194,3 +194,18 @@ def test_a_missing_libmosquitto_is_one_line_naming_the_package(
 def test_an_unknown_mqtt_client_lists_the_valid_ones() -> None:
     with pytest.raises(DdnnError, match="valid: paho, libmosquitto"):
         create_transport(f"mqtt://{LOOPBACK}:{free_port()}", mqtt_client="pahoo")
+
+
+def test_acknowledged_publishes_never_count_as_a_backlog(
+    broker: MosquittoBroker, make_inbox, mqtt_client: str
+) -> None:
+    """A PUBACK can beat the publish call's return; such a message must not stay counted as
+    waiting (libmosquitto's count leaked so, and a loaded server refused every reply)."""
+    inbox = make_inbox()
+    kwargs = {"mqtt_client": mqtt_client, "max_queued_messages": 40}
+    with create_transport(broker.url, **kwargs) as pub, create_transport(broker.url) as sub:
+        sub.subscribe("many/+", inbox)
+        for batch in range(150):
+            for i in range(10):
+                pub.publish(f"many/{i}", bytes([batch % 256]))
+            inbox.take(10, timeout=5.0)

@@ -21,7 +21,7 @@ def cmd_bench_runtime(args: argparse.Namespace) -> int:
 
     result = bench_runtime(
         args.run_dir, args.repeats, args.seconds, args.max_devices, args.window, args.servers,
-        args.generators,
+        args.generators, clients=args.mqtt_clients,
     )  # fmt: skip
     if args.plot:
         plot_capacity(result, Path(args.plot))
@@ -65,7 +65,9 @@ def cmd_bench_fuzz(args: argparse.Namespace) -> int:
 
 
 def register_bench(bsub: Any) -> None:
-    p = bsub.add_parser("runtime", help="round trip vs bare paho, bytes, server throughput")
+    p = bsub.add_parser(
+        "runtime", help="round trip vs bare echo, bytes, server throughput, per MQTT client"
+    )
     p.add_argument("run_dir", help="a trained model folder (a device section with bits)")
     p.add_argument("--repeats", type=int, default=300)
     p.add_argument("--seconds", type=float, default=5.0, help="per throughput point")
@@ -73,6 +75,11 @@ def register_bench(bsub: Any) -> None:
     p.add_argument("--window", type=int, default=16, help="requests each device keeps in flight")
     p.add_argument("--servers", type=int, default=1, help="`ddnn serve` processes sharing the load")
     p.add_argument("--generators", type=int, default=2, help="load generator processes")
+    p.add_argument(
+        "--mqtt-clients", type=lambda text: tuple(text.split(",")),
+        help=f"comma-separated MQTT client libraries to compare (default: all, "
+        f"{','.join(mqtt_client_names())}; paho always runs, as the reference)",
+    )  # fmt: skip
     p.add_argument("--plot", help="PNG of throughput and p95 against devices")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_bench_runtime)

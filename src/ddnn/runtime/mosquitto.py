@@ -66,6 +66,11 @@ class MosquittoTransport(BrokerTransport):
             raise DdnnError("a password was given without a username; pass username= too")
         self._lib = libmosq.lib()
         self._unacked: set[int] = set()  # QoS-1 publishes waiting for PUBACK
+        # a PUBACK can come back before mosquitto_publish_v5 has returned the packet id to
+        # us; without this lock such ids stayed in `_unacked` and, a thousand later, every
+        # publish was refused as a backlog (seen under load). Never held by a C callback's
+        # caller: libmosquitto holds only its callback mutex around on_publish.
+        self._unacked_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._free_on_exit = False
         self._callbacks = (  # kept alive as long as the client: C holds only their addresses
@@ -176,14 +181,17 @@ class MosquittoTransport(BrokerTransport):
         if len(self._unacked) >= self._max_queued:
             raise self._backlog_error()
         mid = ctypes.c_int()
-        rc = self._lib.mosquitto_publish_v5(
-            self._mosq, ctypes.byref(mid), topic.encode(), len(payload), payload, QOS, False, None
-        )
+        with self._unacked_lock:
+            rc = self._lib.mosquitto_publish_v5(
+                self._mosq, ctypes.byref(mid), topic.encode(), len(payload), payload, QOS, False,
+                None,
+            )  # fmt: skip
+            if rc in (libmosq.ERR_SUCCESS, libmosq.ERR_NO_CONN):
+                self._unacked.add(mid.value)
         if rc == libmosq.ERR_NO_CONN:
             logger.debug("not connected to %s: %r is queued until reconnect", self.url, topic)
         elif rc != libmosq.ERR_SUCCESS:
             raise DdnnError(f"publish to {topic!r} failed: {libmosq.strerror(rc)}")
-        self._unacked.add(mid.value)
         return mid.value
 
     def _subscribe_packet(self, topic_filter: str, sid: int | None) -> int | None:
@@ -246,7 +254,8 @@ class MosquittoTransport(BrokerTransport):
 
     def _c_publish(self, mosq: int, obj: int, mid: int, rc: int, props: int | None) -> None:
         try:
-            self._unacked.discard(mid)
+            with self._unacked_lock:
+                self._unacked.discard(mid)
             if rc:
                 self._on_puback(mid, rc, libmosq.reason_string(rc))
         except Exception:
