@@ -158,7 +158,7 @@ class MosquittoTransport(BrokerTransport):
                 self._mosq, host.encode(), port, keepalive, None, props.head
             )
         if rc == libmosq.ERR_TLS:
-            raise ssl.SSLError(f"TLS handshake failed ({libmosq.strerror(rc)})")
+            raise ssl.SSLError(f"TLS handshake failed: {libmosq.strerror(rc)}")
         if rc != libmosq.ERR_SUCCESS:
             raise OSError(libmosq.strerror(rc))
 
@@ -174,7 +174,12 @@ class MosquittoTransport(BrokerTransport):
         if self._closed and self._free_on_exit:
             self._free()  # closed from one of our callbacks: nobody else can free it
         elif rc != libmosq.ERR_SUCCESS and not self._closed:
-            logger.error("the libmosquitto loop for %s ended: %s", self.url, libmosq.strerror(rc))
+            reason = libmosq.strerror(rc)
+            # the TLS handshake may end here rather than in the blocking connect
+            tls = rc == libmosq.ERR_TLS
+            failure = ssl.SSLError(f"TLS handshake failed: {reason}") if tls else OSError(reason)
+            self._fail_before_connack(failure)
+            logger.error("the libmosquitto loop for %s ended: %s", self.url, reason)
             self._on_connection_lost(libmosq.strerror(rc))
 
     def _send_publish(self, topic: str, payload: bytes) -> int:

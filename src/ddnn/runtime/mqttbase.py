@@ -84,6 +84,7 @@ class BrokerTransport(Transport):
         self._connack = threading.Event()
         self._connected = threading.Event()
         self._refused: str | None = None
+        self._failed: OSError | None = None  # the connection failed before any CONNACK
         self._net_ident: int | None = None  # the network thread, known from its first callback
         self._stats = dict.fromkeys(STATS, 0)
         self._recent: OrderedDict[int, str] = OrderedDict()  # mid -> topic, to name refusals
@@ -135,22 +136,16 @@ class BrokerTransport(Transport):
         try:
             self._open(host, port, keepalive)
         except (OSError, ValueError) as exc:
-            hint = (
-                "the broker's certificate is not trusted or does not name this host: give its "
-                "CA (ca_file in the access file, or tls={'ca_certs': ...})"
-                if isinstance(exc, ssl.SSLError)
-                else HINT
-            )
             self.close()
-            raise DdnnError(
-                f"cannot connect to the MQTT broker at {self.url}: {exc}; {hint}"
-            ) from None
+            raise self._unreachable(exc) from None
         self._start_loop()
-        if self._connack.wait(self._timeout) and self._refused is None:
+        if self._connack.wait(self._timeout) and self._refused is None and self._failed is None:
             logger.info("connected to %s as %s", self.url, self.client_id)
             return
-        refused = self._refused
+        refused, failed = self._refused, self._failed
         self.close()
+        if failed is not None:
+            raise self._unreachable(failed) from None
         if refused is None:
             raise DdnnError(
                 f"no CONNACK within {self._timeout:.1f} s from {self.url}: is it an MQTT 5 "
@@ -159,6 +154,24 @@ class BrokerTransport(Transport):
         auth = any(word in refused.lower() for word in ("authori", "password"))
         hint = "; check username= and password=" if auth else ""
         raise DdnnError(f"the MQTT broker at {self.url} refused the connection: {refused}{hint}")
+
+    def _unreachable(self, exc: Exception) -> DdnnError:
+        """The connection (or its TLS handshake) failed before any CONNACK."""
+        hint = (
+            "the broker's certificate is not trusted or does not name this host: give its "
+            "CA (ca_file in the access file, or tls={'ca_certs': ...})"
+            if isinstance(exc, ssl.SSLError)
+            else HINT
+        )
+        text = exc.args[0] if len(exc.args) == 1 else exc  # SSLError("x") prints as ('x',)
+        return DdnnError(f"cannot connect to the MQTT broker at {self.url}: {text}; {hint}")
+
+    def _fail_before_connack(self, exc: OSError) -> None:
+        """For a client whose handshake finishes on its network thread: the connection failed
+        there before any CONNACK; the waiting constructor reports `exc`."""
+        if not self._connack.is_set():
+            self._failed = exc
+            self._connack.set()
 
     @property
     def max_packet_size(self) -> int:
