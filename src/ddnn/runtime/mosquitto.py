@@ -82,7 +82,9 @@ class MosquittoTransport(BrokerTransport):
         )
         self._mosq = self._lib.mosquitto_new(self.client_id.encode(), True, None)
         if not self._mosq:
-            raise DdnnError(f"libmosquitto could not create a client: {libmosq.strerror(14)}")
+            raise DdnnError(
+                f"libmosquitto could not create a client: {libmosq.strerror(libmosq.ERR_ERRNO)}"
+            )
         try:
             self._configure(username, password, tls, reconnect_delay)
         except BaseException:
