@@ -26,7 +26,14 @@ from ddnn.bench.load import rss_mb
 from ddnn.data.datasets import create_dataset
 from ddnn.model.views import device_view
 from ddnn.runtime.client import Requester
-from ddnn.runtime.config import DeviceConfig, EdgeConfig, ServerConfig, StreamConfig, to_argv
+from ddnn.runtime.config import (
+    ConnectionConfig,
+    DeviceConfig,
+    EdgeConfig,
+    ServerConfig,
+    StreamConfig,
+    to_argv,
+)
 from ddnn.runtime.device import DeviceClient, Record
 from ddnn.runtime.metrics import parse_samples
 from ddnn.runtime.mqtt import MqttTransport
@@ -66,8 +73,10 @@ def offloading(tiny_ddnn, tmp_path_factory) -> Path:
     return save_model(model, tmp_path_factory.mktemp("offloading") / "run")
 
 
-def serve(name: str, run: Path, url: str, logs: Path, config: ServerConfig) -> Process:
-    args = ["serve", str(run), "--broker", url, *to_argv(config)]
+def serve(
+    name: str, run: Path, url: str, logs: Path, config: ServerConfig, client: str = "paho"
+) -> Process:
+    args = ["serve", str(run), "--broker", url, *to_argv(config), *_client(client)]
     return Process(name, args, logs, ready=True)
 
 
@@ -82,6 +91,7 @@ def stream(
     deadline_ms: float = 1000.0,
     index: int = 0,
     impl: str = "python",
+    client: str = "paho",
 ) -> tuple[Process, Path]:
     """A device process streaming the first `samples` test samples; its records file. `impl`:
     `ddnn device` (python) or the C agent (c: `ddnn agent`, which execs the agent)."""
@@ -90,7 +100,14 @@ def stream(
     feed = StreamConfig(samples=samples, rate=rate, records=str(records))
     command = DEVICE_COMMANDS[impl]
     args = [command, str(run), "--broker", url, *to_argv(device), *to_argv(feed)]
+    if impl == "python":  # the C agent speaks libmosquitto itself
+        args += _client(client)
     return Process(name, [*args, "--dataset", "synthetic"], logs), records
+
+
+def _client(name: str) -> list[str]:
+    """The flag that makes a tier process speak MQTT through client library `name`."""
+    return to_argv(ConnectionConfig(mqtt_client=name))
 
 
 def lines(path: Path) -> int:
@@ -186,14 +203,16 @@ def raw_views(n: int, run: Path, index: int = 0) -> list[np.ndarray]:
 # -- 1. the broker restarts --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("impl", list(DEVICE_COMMANDS))
-def test_broker_restart_during_a_stream(offloading, broker, tmp_path, impl):
+@pytest.mark.parametrize(
+    ("impl", "mqtt_client"), [("python", "paho"), ("python", "libmosquitto"), ("c", "paho")]
+)
+def test_broker_restart_during_a_stream(offloading, broker, tmp_path, impl, mqtt_client):
     """The broker goes away for longer than the devices' deadline and comes back on its port.
     Two device processes stream at 10/s, and one device runs in this process so its dropped late
     replies can be counted (requests queued during the outage are sent after the reconnect)."""
     started = time.monotonic()
     samples, rate, deadline_ms, outage_s = 50, 10.0, 1000.0, 1.5
-    server = serve("server", offloading, broker.url, tmp_path, ServerConfig(workers=1))
+    server = serve("server", offloading, broker.url, tmp_path, ServerConfig(workers=1), mqtt_client)
     devices: list[tuple[Process, Path]] = []
     transport = device = None
     local: list[Record] = []
@@ -209,10 +228,11 @@ def test_broker_restart_during_a_stream(offloading, broker, tmp_path, impl):
                 rate=rate,
                 deadline_ms=deadline_ms,
                 impl=impl,
+                client=mqtt_client,
             )
             for i in range(2)
         ]
-        transport = MqttTransport.from_url(broker.url)
+        transport = create_transport(broker.url, mqtt_client=mqtt_client)
         device = DeviceClient(
             transport, offloading, DeviceConfig(device_id="here", deadline_ms=deadline_ms)
         ).start()
@@ -261,22 +281,24 @@ def test_broker_restart_during_a_stream(offloading, broker, tmp_path, impl):
         last = sorted((r for r in records if r["device"] == name), key=lambda r: r["frame_id"])
         assert all(r["status"] == "ok" for r in last[-5:]), f"{name} did not recover"
     report(
-        "broker_restart", started, **counts, late_replies_dropped=dropped, outage_s=outage_s,
-        device_impl=impl,
+        "broker_restart", started, mqtt_client=mqtt_client, **counts,
+        late_replies_dropped=dropped, outage_s=outage_s, device_impl=impl,
     )  # fmt: skip
 
 
 # -- 2. one of two server processes is killed --------------------------------------------------
 
 
-@pytest.mark.parametrize("impl", list(DEVICE_COMMANDS))
-def test_one_server_of_two_killed(offloading, broker, tmp_path, impl):
+@pytest.mark.parametrize(
+    ("impl", "mqtt_client"), [("python", "paho"), ("python", "libmosquitto"), ("c", "paho")]
+)
+def test_one_server_of_two_killed(offloading, broker, tmp_path, impl, mqtt_client):
     """Two `ddnn serve` processes share the subscription group; one is killed while it holds
     requests. Those are answered locally (degraded) at the deadline, the rest by the other."""
     started = time.monotonic()
     samples, rate, deadline_ms = 40, 10.0, 1000.0
     servers = [
-        serve(f"server-{n}", offloading, broker.url, tmp_path, ServerConfig(workers=1))
+        serve(f"server-{n}", offloading, broker.url, tmp_path, ServerConfig(workers=1), mqtt_client)
         for n in "ab"
     ]
     devices: list[tuple[Process, Path]] = []
@@ -293,6 +315,7 @@ def test_one_server_of_two_killed(offloading, broker, tmp_path, impl):
                 rate=rate,
                 deadline_ms=deadline_ms,
                 impl=impl,
+                client=mqtt_client,
             )
             for i in range(2)
         ]
@@ -326,7 +349,8 @@ def test_one_server_of_two_killed(offloading, broker, tmp_path, impl):
         assert all(r["status"] == "ok" for r in last[-tail:]), f"{name}: {statuses}"
     assert survivor_end - survivor_at_kill >= 2 * tail  # those answers came from the survivor
     report(
-        "server_worker_killed", started, **counts, replies_before_kill=before,
+        "server_worker_killed", started, mqtt_client=mqtt_client, **counts,
+        replies_before_kill=before,
         survivor_replies_after_kill=survivor_end - survivor_at_kill, device_impl=impl,
     )  # fmt: skip
 
@@ -412,15 +436,15 @@ def test_device_killed_in_a_multiview_deployment(tiny_multiview, broker, tmp_pat
 # -- 5. the server freezes ---------------------------------------------------------------------
 
 
-def test_frozen_server_answers_are_dropped_when_late(offloading, broker, tmp_path):
+def test_frozen_server_answers_are_dropped_when_late(offloading, broker, tmp_path, mqtt_client):
     """SIGSTOP the server for longer than the device's deadline: the device answers locally
     (degraded); after SIGCONT the server answers the backlog and the device drops those late
     replies (no second answer); then answers are the server's again."""
     started = time.monotonic()
     xs = raw_views(11, offloading)
-    server = serve("server", offloading, broker.url, tmp_path, ServerConfig(workers=1))
-    transport = MqttTransport.from_url(broker.url)
-    spy = MqttTransport.from_url(broker.url)  # every reply the server sends to the device
+    server = serve("server", offloading, broker.url, tmp_path, ServerConfig(workers=1), mqtt_client)
+    transport = create_transport(broker.url, mqtt_client=mqtt_client)
+    spy = create_transport(broker.url, mqtt_client=mqtt_client)  # every reply to the device
     replies: list[bytes] = []
     spy.subscribe(reply_topic("dev0"), lambda t, p: replies.append(p))
     device = DeviceClient(
@@ -459,7 +483,8 @@ def test_frozen_server_answers_are_dropped_when_late(offloading, broker, tmp_pat
     assert len(replies) == len(xs)  # the server answered each request once ...
     assert dropped == len(frozen)  # ... and the late ones were dropped, not used
     report(
-        "slow_server", started, **tally(records), server_replies=len(replies),
+        "slow_server", started, mqtt_client=mqtt_client, **tally(records),
+        server_replies=len(replies),
         late_replies_dropped=dropped, frozen_s=round(frozen_s, 2),
     )  # fmt: skip
 
