@@ -287,6 +287,7 @@ COMMANDS: Sequence[Callable[[Any], None]] = (
 AREAS: Sequence[str] = (
     "ddnn.runtime.cli",
     "ddnn.export.cli",
+    "ddnn.agent.cli",  # after export: it adds --agent to `ddnn export`
     "ddnn.distributed.cli",
     "ddnn.rollout.cli",
     "ddnn.bench.cli",

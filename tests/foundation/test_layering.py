@@ -26,7 +26,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("store",),
     ("export",),
     ("runtime", "train"),
-    ("planning",),
+    ("planning", "agent"),
     ("distributed", "rollout"),
     ("bench",),
     ("cli",),

@@ -14,6 +14,7 @@ import pytest
 
 from ddnn.errors import DdnnError
 from ddnn.runtime.broker import MosquittoBroker, find_mosquitto
+from ddnn.runtime.transport import mqtt_client_names
 
 
 def _children() -> set[int]:
@@ -85,6 +86,13 @@ def broker() -> Iterator[MosquittoBroker]:
         pytest.skip(str(exc))
     with MosquittoBroker(max_packet_size=65536) as running:
         yield running
+
+
+@pytest.fixture(params=mqtt_client_names())
+def mqtt_client(request: pytest.FixtureRequest) -> str:
+    """Each MQTT client library in turn (`--mqtt-client`): the tests that take it are the
+    ones a transport must pass whichever library speaks MQTT."""
+    return str(request.param)
 
 
 class Inbox:

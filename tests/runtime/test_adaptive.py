@@ -42,10 +42,17 @@ def feed(ctl: BudgetController, latencies, *, clock: list[float], device_ms: flo
 def test_slow_round_trips_raise_the_threshold_up_to_1_and_no_further():
     ctl, clock = BudgetController(0.3, BUDGET), [0.0]
     seen = feed(ctl, [50.0] * 32 * 30, clock=clock)
-    assert seen[30] == 0.3 and seen[31] == pytest.approx(0.35)  # one step per window of 32
+    # two late offloads already prove a window's p95 over the budget: a step every two
+    assert seen[:4] == [0.3, pytest.approx(0.35), pytest.approx(0.35), pytest.approx(0.4)]
     assert max(seen) == 1.0 and seen[-1] == 1.0
     assert all(b >= a for a, b in itertools.pairwise(seen))
     assert ctl.steps_down == 0 and not ctl.unreachable
+
+
+def test_a_late_offload_now_and_then_is_not_a_p95_over_budget():
+    ctl, clock = BudgetController(0.3, BUDGET), [0.0]
+    feed(ctl, ([16.0] * 30 + [50.0]) * 20, clock=clock)  # 1 in 31 late: p95 in the band
+    assert ctl.threshold == 0.3 and ctl.steps_up == 0
 
 
 def test_overloaded_answers_raise_it_too():
@@ -57,12 +64,29 @@ def test_overloaded_answers_raise_it_too():
 
 def test_it_returns_to_the_calibrated_value_after_recovery():
     ctl, clock = BudgetController(0.3, BUDGET), [0.0]
-    feed(ctl, [50.0] * 32 * 5, clock=clock)
+    feed(ctl, [50.0] * 10, clock=clock)
     assert ctl.threshold == pytest.approx(0.55)
     feed(ctl, [0.8 * BUDGET] * 32 * 3, clock=clock)  # in the band: holds
     assert ctl.threshold == pytest.approx(0.55)
     seen = feed(ctl, [5.0] * 32 * 10, clock=clock)
     assert seen[-1] == 0.3 and min(seen) == 0.3  # never below the calibrated value
+
+
+def test_a_raised_threshold_comes_back_though_few_samples_offload():
+    """The case of docs/results.md's experiment: raised to 0.8, an offload a second (all fast
+    again), 100 samples a second answered locally in between. One decision per 32 offloads took
+    17 s a step there; probing halfway needs a few offloads a step."""
+    ctl, clock = BudgetController(0.3, BUDGET), [0.0]
+    feed(ctl, [50.0] * 20, clock=clock)
+    assert ctl.threshold == pytest.approx(0.8)
+    start = clock[0]
+    while ctl.threshold > 0.3 and clock[0] - start < 60:
+        for _ in range(99):
+            clock[0] += 0.01
+            ctl.observe(clock[0], 1.0, None)
+        feed(ctl, [5.0], clock=clock)
+    assert ctl.threshold == 0.3 and clock[0] - start < 25
+    assert ctl.steps_down <= 6  # halfway steps, not ten single ones
 
 
 def test_no_oscillation_around_the_budget():
@@ -92,7 +116,7 @@ def test_an_unreachable_budget_is_reported_not_chased():
 
 def test_no_offloads_for_a_while_steps_back_down():
     ctl, clock = BudgetController(0.3, BUDGET, quiet_s=1.0), [0.0]
-    feed(ctl, [50.0] * 64, clock=clock)
+    feed(ctl, [50.0] * 4, clock=clock)
     assert ctl.threshold == pytest.approx(0.4)
     for t in np.arange(1.0, 4.0, 0.1):  # only local answers from now on
         ctl.observe(clock[0] + t, 1.0, None)

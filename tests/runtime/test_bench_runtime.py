@@ -10,6 +10,7 @@ from ddnn.runtime.broker import MosquittoBroker, free_port
 from ddnn.runtime.client import Requester
 from ddnn.runtime.mqtt import MqttTransport
 from ddnn.runtime.security import provision
+from ddnn.runtime.transport import mqtt_client_names
 from ddnn.runtime.wire import Reply, request_topic
 
 pytestmark = pytest.mark.integration
@@ -41,6 +42,13 @@ def test_bench_runtime_measures_everything_in_one_run(tiny_ddnn):
     )
     assert 0 < split["bound_without_ddnn"] < 1
     assert "ratio" in bench_runtime_text(r) and "paho floor" in bench_runtime_text(r)
+    # every MQTT client library side by side, each against its own bare echo
+    assert tuple(r["by_client"]) == mqtt_client_names()
+    for name, c in r["by_client"].items():
+        assert c["echo_median_ms"] > 0 and c["framework_median_ms"] > 0, name
+        assert c["rtt_ratio"] > 0 and c["server_best_per_s"] > 0 and c["per_cpu_ratio"] > 0
+    assert r["by_client"]["paho"]["rtt_ratio"] == r["round_trip"]["ratio"]
+    assert "| libmosquitto |" in bench_runtime_text(r)
 
 
 def test_the_paho_floor_answers_requests_with_valid_replies(broker, tmp_path):

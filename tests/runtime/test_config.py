@@ -8,6 +8,7 @@ import pytest
 
 from ddnn.errors import DdnnError
 from ddnn.runtime.config import (
+    ConnectionConfig,
     DeploymentConfig,
     DeviceConfig,
     EdgeConfig,
@@ -24,6 +25,8 @@ CONFIGS = [
     DeviceConfig(device_id="cam1", index=1, engine="onnx", mode="server-only", deadline_ms=300),
     StreamConfig(samples=5, offset=1, stride=2, rate=4.0, records="r.jsonl"),
     DeploymentConfig(devices=2, samples=9, mode="server-only", workers=1, secure=True),
+    DeploymentConfig(mqtt_client="libmosquitto"),
+    ConnectionConfig(mqtt_client="libmosquitto"),
 ]
 
 
@@ -49,6 +52,8 @@ def test_a_config_survives_its_command_line(config):
         (lambda: EdgeConfig(identity="a/b"), "--id"),
         (lambda: DeviceConfig(device_id=""), "--id"),
         (lambda: DeviceConfig(device_id="cam+1"), "--id"),
+        (lambda: ConnectionConfig(mqtt_client="mosquitto"), "--mqtt-client"),
+        (lambda: DeploymentConfig(mqtt_client="pahoo"), "paho, libmosquitto"),
     ],
 )
 def test_a_bad_value_is_refused_naming_what_is_wrong(build, named):

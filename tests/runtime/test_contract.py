@@ -1,4 +1,5 @@
-"""One behaviour, two transports: the in-memory twin must act like Mosquitto."""
+"""One behaviour, every transport: the in-memory twin must act like Mosquitto, through each
+MQTT client library."""
 
 from __future__ import annotations
 
@@ -9,24 +10,37 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from ddnn.errors import DdnnError
-from ddnn.runtime.transport import Transport, create_transport, max_payload_for
+from ddnn.runtime.transport import (
+    Transport,
+    create_transport,
+    max_payload_for,
+    mqtt_client_names,
+)
 
 LIMIT = 65536  # the broker fixture's max_packet_size
 
 Connect = Callable[[], Transport]
 
 
-@pytest.fixture(params=["memory", pytest.param("mqtt", marks=pytest.mark.integration)])
+@pytest.fixture(
+    params=[
+        "memory",
+        *(pytest.param(name, marks=pytest.mark.integration) for name in mqtt_client_names()),
+    ]
+)
 def connect(request: pytest.FixtureRequest, hub_name: str) -> Iterator[Connect]:
-    """Factory of connected transports on one hub / broker; all closed after the test."""
+    """Factory of connected transports on one hub / broker (through each MQTT client
+    library); all closed after the test."""
+    client = {}
     if request.param == "memory":
         url = f"memory://{hub_name}"
     else:
         url = request.getfixturevalue("broker").url
+        client = {"mqtt_client": request.param}
     opened: list[Transport] = []
 
     def factory() -> Transport:
-        opened.append(create_transport(url, max_packet_size=LIMIT))
+        opened.append(create_transport(url, max_packet_size=LIMIT, **client))
         return opened[-1]
 
     yield factory

@@ -26,7 +26,14 @@ from ddnn.bench.load import rss_mb
 from ddnn.data.datasets import create_dataset
 from ddnn.model.views import device_view
 from ddnn.runtime.client import Requester
-from ddnn.runtime.config import DeviceConfig, EdgeConfig, ServerConfig, StreamConfig, to_argv
+from ddnn.runtime.config import (
+    ConnectionConfig,
+    DeviceConfig,
+    EdgeConfig,
+    ServerConfig,
+    StreamConfig,
+    to_argv,
+)
 from ddnn.runtime.device import DeviceClient, Record
 from ddnn.runtime.metrics import parse_samples
 from ddnn.runtime.mqtt import MqttTransport
@@ -50,6 +57,7 @@ pytestmark = pytest.mark.integration
 
 log = logging.getLogger(__name__)
 
+DEVICE_COMMANDS = {"python": "device", "c": "agent"}  # the device implementations
 READY_S = 60.0  # a tier process imports torch and loads the model: slow on a loaded machine
 
 
@@ -65,8 +73,10 @@ def offloading(tiny_ddnn, tmp_path_factory) -> Path:
     return save_model(model, tmp_path_factory.mktemp("offloading") / "run")
 
 
-def serve(name: str, run: Path, url: str, logs: Path, config: ServerConfig) -> Process:
-    args = ["serve", str(run), "--broker", url, *to_argv(config)]
+def serve(
+    name: str, run: Path, url: str, logs: Path, config: ServerConfig, client: str = "paho"
+) -> Process:
+    args = ["serve", str(run), "--broker", url, *to_argv(config), *_client(client)]
     return Process(name, args, logs, ready=True)
 
 
@@ -80,13 +90,24 @@ def stream(
     rate: float = 0.0,
     deadline_ms: float = 1000.0,
     index: int = 0,
+    impl: str = "python",
+    client: str = "paho",
 ) -> tuple[Process, Path]:
-    """A `ddnn device` process streaming the first `samples` test samples; its records file."""
+    """A device process streaming the first `samples` test samples; its records file. `impl`:
+    `ddnn device` (python) or the C agent (c: `ddnn agent`, which execs the agent)."""
     records = logs / f"{name}.jsonl"
     device = DeviceConfig(device_id=name, index=index, deadline_ms=deadline_ms)
     feed = StreamConfig(samples=samples, rate=rate, records=str(records))
-    args = ["device", str(run), "--broker", url, *to_argv(device), *to_argv(feed)]
+    command = DEVICE_COMMANDS[impl]
+    args = [command, str(run), "--broker", url, *to_argv(device), *to_argv(feed)]
+    if impl == "python":  # the C agent speaks libmosquitto itself
+        args += _client(client)
     return Process(name, [*args, "--dataset", "synthetic"], logs), records
+
+
+def _client(name: str) -> list[str]:
+    """The flag that makes a tier process speak MQTT through client library `name`."""
+    return to_argv(ConnectionConfig(mqtt_client=name))
 
 
 def lines(path: Path) -> int:
@@ -182,13 +203,16 @@ def raw_views(n: int, run: Path, index: int = 0) -> list[np.ndarray]:
 # -- 1. the broker restarts --------------------------------------------------------------------
 
 
-def test_broker_restart_during_a_stream(offloading, broker, tmp_path):
+@pytest.mark.parametrize(
+    ("impl", "mqtt_client"), [("python", "paho"), ("python", "libmosquitto"), ("c", "paho")]
+)
+def test_broker_restart_during_a_stream(offloading, broker, tmp_path, impl, mqtt_client):
     """The broker goes away for longer than the devices' deadline and comes back on its port.
     Two device processes stream at 10/s, and one device runs in this process so its dropped late
     replies can be counted (requests queued during the outage are sent after the reconnect)."""
     started = time.monotonic()
     samples, rate, deadline_ms, outage_s = 50, 10.0, 1000.0, 1.5
-    server = serve("server", offloading, broker.url, tmp_path, ServerConfig(workers=1))
+    server = serve("server", offloading, broker.url, tmp_path, ServerConfig(workers=1), mqtt_client)
     devices: list[tuple[Process, Path]] = []
     transport = device = None
     local: list[Record] = []
@@ -203,10 +227,12 @@ def test_broker_restart_during_a_stream(offloading, broker, tmp_path):
                 samples,
                 rate=rate,
                 deadline_ms=deadline_ms,
+                impl=impl,
+                client=mqtt_client,
             )
             for i in range(2)
         ]
-        transport = MqttTransport.from_url(broker.url)
+        transport = create_transport(broker.url, mqtt_client=mqtt_client)
         device = DeviceClient(
             transport, offloading, DeviceConfig(device_id="here", deadline_ms=deadline_ms)
         ).start()
@@ -254,19 +280,25 @@ def test_broker_restart_during_a_stream(offloading, broker, tmp_path):
     for name in ("dev0", "dev1", "here"):  # answered by the server again after the restart
         last = sorted((r for r in records if r["device"] == name), key=lambda r: r["frame_id"])
         assert all(r["status"] == "ok" for r in last[-5:]), f"{name} did not recover"
-    report("broker_restart", started, **counts, late_replies_dropped=dropped, outage_s=outage_s)
+    report(
+        "broker_restart", started, mqtt_client=mqtt_client, **counts,
+        late_replies_dropped=dropped, outage_s=outage_s, device_impl=impl,
+    )  # fmt: skip
 
 
 # -- 2. one of two server processes is killed --------------------------------------------------
 
 
-def test_one_server_of_two_killed(offloading, broker, tmp_path):
+@pytest.mark.parametrize(
+    ("impl", "mqtt_client"), [("python", "paho"), ("python", "libmosquitto"), ("c", "paho")]
+)
+def test_one_server_of_two_killed(offloading, broker, tmp_path, impl, mqtt_client):
     """Two `ddnn serve` processes share the subscription group; one is killed while it holds
     requests. Those are answered locally (degraded) at the deadline, the rest by the other."""
     started = time.monotonic()
     samples, rate, deadline_ms = 40, 10.0, 1000.0
     servers = [
-        serve(f"server-{n}", offloading, broker.url, tmp_path, ServerConfig(workers=1))
+        serve(f"server-{n}", offloading, broker.url, tmp_path, ServerConfig(workers=1), mqtt_client)
         for n in "ab"
     ]
     devices: list[tuple[Process, Path]] = []
@@ -282,6 +314,8 @@ def test_one_server_of_two_killed(offloading, broker, tmp_path):
                 samples,
                 rate=rate,
                 deadline_ms=deadline_ms,
+                impl=impl,
+                client=mqtt_client,
             )
             for i in range(2)
         ]
@@ -315,8 +349,9 @@ def test_one_server_of_two_killed(offloading, broker, tmp_path):
         assert all(r["status"] == "ok" for r in last[-tail:]), f"{name}: {statuses}"
     assert survivor_end - survivor_at_kill >= 2 * tail  # those answers came from the survivor
     report(
-        "server_worker_killed", started, **counts, replies_before_kill=before,
-        survivor_replies_after_kill=survivor_end - survivor_at_kill,
+        "server_worker_killed", started, mqtt_client=mqtt_client, **counts,
+        replies_before_kill=before,
+        survivor_replies_after_kill=survivor_end - survivor_at_kill, device_impl=impl,
     )  # fmt: skip
 
 
@@ -401,15 +436,15 @@ def test_device_killed_in_a_multiview_deployment(tiny_multiview, broker, tmp_pat
 # -- 5. the server freezes ---------------------------------------------------------------------
 
 
-def test_frozen_server_answers_are_dropped_when_late(offloading, broker, tmp_path):
+def test_frozen_server_answers_are_dropped_when_late(offloading, broker, tmp_path, mqtt_client):
     """SIGSTOP the server for longer than the device's deadline: the device answers locally
     (degraded); after SIGCONT the server answers the backlog and the device drops those late
     replies (no second answer); then answers are the server's again."""
     started = time.monotonic()
     xs = raw_views(11, offloading)
-    server = serve("server", offloading, broker.url, tmp_path, ServerConfig(workers=1))
-    transport = MqttTransport.from_url(broker.url)
-    spy = MqttTransport.from_url(broker.url)  # every reply the server sends to the device
+    server = serve("server", offloading, broker.url, tmp_path, ServerConfig(workers=1), mqtt_client)
+    transport = create_transport(broker.url, mqtt_client=mqtt_client)
+    spy = create_transport(broker.url, mqtt_client=mqtt_client)  # every reply to the device
     replies: list[bytes] = []
     spy.subscribe(reply_topic("dev0"), lambda t, p: replies.append(p))
     device = DeviceClient(
@@ -448,9 +483,47 @@ def test_frozen_server_answers_are_dropped_when_late(offloading, broker, tmp_pat
     assert len(replies) == len(xs)  # the server answered each request once ...
     assert dropped == len(frozen)  # ... and the late ones were dropped, not used
     report(
-        "slow_server", started, **tally(records), server_replies=len(replies),
+        "slow_server", started, mqtt_client=mqtt_client, **tally(records),
+        server_replies=len(replies),
         late_replies_dropped=dropped, frozen_s=round(frozen_s, 2),
     )  # fmt: skip
+
+
+def test_a_frozen_server_costs_the_c_agent_its_deadline_only(offloading, broker, tmp_path):
+    """The slow-server test for the C agent (a separate process, so the server is frozen in
+    the middle of its stream rather than between calls): samples sent while `ddnn serve` is
+    stopped are answered locally at the deadline, each late reply is dropped, not used, and
+    answers come from the server again once it resumes."""
+    started = time.monotonic()
+    samples, rate, deadline_ms, frozen_s = 20, 5.0, 400.0, 1.2
+    server = serve("server", offloading, broker.url, tmp_path, ServerConfig(workers=1))
+    proc = None
+    try:
+        server.wait_ready(READY_S)
+        proc, path = stream(
+            "dev0", offloading, broker.url, tmp_path, samples, rate=rate,
+            deadline_ms=deadline_ms, impl="c",
+        )  # fmt: skip
+        wait_until(lambda: lines(path) >= 4, READY_S, "agent records", [server, proc])
+        server.pause()
+        try:
+            time.sleep(frozen_s)
+        finally:
+            server.resume()
+        proc.wait(timeout=60)
+    finally:
+        stop_all([server, *([proc] if proc else [])])
+    records = read_records(path)
+    check_each_frame_once(records, ["dev0"], samples)
+    frozen = [r for r in records if r["status"] != "ok"]
+    assert frozen, "the freeze should have cost some samples their server answer"
+    assert all(r["status"] == "degraded" and r["exit_index"] == 0 for r in frozen)
+    assert all(r["message"] == "deadline passed" for r in frozen)
+    assert all(0.35 * 1000 < r["total_ms"] < 1500 for r in frozen), [r["total_ms"] for r in frozen]
+    assert all(r["status"] == "ok" for r in records[-5:])
+    found = re.search(r"(\d+) late or duplicate", proc.log_path.read_text())
+    assert found and int(found.group(1)) == len(frozen)  # each late reply dropped, not used
+    report("slow_server_c_agent", started, **tally(records), late_replies_dropped=len(frozen))
 
 
 # -- 6. more requests than the server can take -------------------------------------------------

@@ -46,9 +46,9 @@ def secure_broker(tmp_path):
         yield broker, setup
 
 
-def connect(setup, identity: str):
+def connect(setup, identity: str, client: str = "paho"):
     access = setup.access(identity)
-    return create_transport(access.url, **access.transport_kwargs())
+    return create_transport(access.url, mqtt_client=client, **access.transport_kwargs())
 
 
 def raw_request(run, device: str, rid: int) -> tuple[str, Request]:
@@ -160,23 +160,27 @@ def test_a_device_in_the_servers_group_cannot_steal_requests(secure_broker, tiny
     assert all(isinstance(a, Reply) for a in answers) and not stolen
 
 
-def test_wrong_credentials_plain_tcp_and_unknown_ca_are_refused(secure_broker):
+def test_wrong_credentials_plain_tcp_and_unknown_ca_are_refused(secure_broker, mqtt_client):
     broker, setup = secure_broker
     good = setup.access("dev0")
+    client = {"mqtt_client": mqtt_client}
     with pytest.raises(DdnnError, match=r"refused the connection.*check username"):
         create_transport(
-            good.url, username="dev0", password="wrong", tls={"ca_certs": good.ca_file}
+            good.url, username="dev0", password="wrong", tls={"ca_certs": good.ca_file}, **client
         )
     assert broker.refused_connections() == 1  # and mosquitto's log says so
     with pytest.raises(DdnnError, match="certificate is not trusted"):
-        create_transport(good.url, username="dev0", password=good.password)  # system CAs only
+        create_transport(good.url, username="dev0", password=good.password, **client)
     with pytest.raises(DdnnError, match="does it need TLS"):
-        create_transport(good.url.replace("mqtts", "mqtt"), connect_timeout=1.0)
+        create_transport(good.url.replace("mqtts", "mqtt"), connect_timeout=1.0, **client)
 
 
-def test_a_device_is_served_through_the_secure_broker(secure_broker, tiny_ddnn):
+def test_a_device_is_served_through_the_secure_broker(secure_broker, tiny_ddnn, mqtt_client):
     _, setup = secure_broker
-    with connect(setup, "server") as st, connect(setup, "dev0") as dt:
+    with (
+        connect(setup, "server", mqtt_client) as st,
+        connect(setup, "dev0", mqtt_client) as dt,
+    ):
         server = InferenceServer(st, ModelDB([tiny_ddnn]), ServerConfig(workers=1)).start()
         client = DeviceClient(
             dt, tiny_ddnn, DeviceConfig(device_id="dev0", mode="server-only", deadline_ms=5000)
@@ -191,12 +195,14 @@ def test_a_device_is_served_through_the_secure_broker(secure_broker, tiny_ddnn):
         assert "ddnn_mqtt_connects_total 1" in server.metrics.render()
 
 
-def test_a_device_cannot_act_for_another_device(secure_broker, tiny_ddnn, caplog, make_inbox):
+def test_a_device_cannot_act_for_another_device(
+    secure_broker, tiny_ddnn, caplog, make_inbox, mqtt_client
+):
     _, setup = secure_broker
     with (
-        connect(setup, "server") as st,
-        connect(setup, "dev0") as d0,
-        connect(setup, "dev1") as d1,
+        connect(setup, "server", mqtt_client) as st,
+        connect(setup, "dev0", mqtt_client) as d0,
+        connect(setup, "dev1", mqtt_client) as d1,
     ):
         server = InferenceServer(st, ModelDB([tiny_ddnn]), ServerConfig(workers=1)).start()
         spy, own = make_inbox(), make_inbox()
@@ -204,7 +210,7 @@ def test_a_device_cannot_act_for_another_device(secure_broker, tiny_ddnn, caplog
         d0.subscribe("dd/#", spy)
         requester = Requester(d1, "dev1").start()
         try:
-            with caplog.at_level(logging.ERROR, logger="ddnn.runtime.mqtt"):
+            with caplog.at_level(logging.ERROR, logger="ddnn.runtime"):
                 topic, forged = raw_request(tiny_ddnn, "dev1", 7)
                 d0.publish(topic, encode_frame(forged))  # a request in dev1's name
                 d0.publish(reply_topic("dev1"), b"forged reply")

@@ -57,7 +57,7 @@ def test_split_shared() -> None:
     assert split_shared("dd/a/dev0") == (None, "dd/a/dev0")
 
 
-@pytest.mark.parametrize("bad", ["", "a/+", "a/#", "$SYS/x", "a\x00b"])
+@pytest.mark.parametrize("bad", ["", "a/+", "a/#", "$SYS/x", "a\x00b", "a/\x83", "a/\uffff"])
 def test_validate_topic_rejects(bad: str) -> None:
     with pytest.raises(DdnnError):
         validate_topic(bad)

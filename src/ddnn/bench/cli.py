@@ -10,6 +10,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ddnn.runtime.transport import mqtt_client_names
+
 
 def register(sub: Any) -> None:
     """No top-level commands: everything here is a benchmark."""
@@ -20,7 +22,7 @@ def cmd_bench_runtime(args: argparse.Namespace) -> int:
 
     result = bench_runtime(
         args.run_dir, args.repeats, args.seconds, args.max_devices, args.window, args.servers,
-        args.generators,
+        args.generators, clients=args.mqtt_clients,
     )  # fmt: skip
     if args.plot:
         plot_capacity(result, Path(args.plot))
@@ -74,7 +76,10 @@ def cmd_bench_fuzz(args: argparse.Namespace) -> int:
 
     if args.verbose < 2:  # the server logs every bad message it answers: thousands of warnings
         logging.getLogger("ddnn.runtime").setLevel(logging.ERROR)
-    result = bench_fuzz(args.examples, args.run_dir, args.live, args.seed, progress=not args.json)
+    result = bench_fuzz(
+        args.examples, args.run_dir, args.live, args.seed, progress=not args.json,
+        mqtt_client=args.mqtt_client,
+    )  # fmt: skip
     print(json.dumps(result) if args.json else bench_fuzz_text(result))
     return 0 if result["ok"] else 1
 
@@ -202,7 +207,9 @@ def register_bench(bsub: Any) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_bench_links)
 
-    p = bsub.add_parser("runtime", help="round trip vs bare paho, bytes, server throughput")
+    p = bsub.add_parser(
+        "runtime", help="round trip vs bare echo, bytes, server throughput, per MQTT client"
+    )
     p.add_argument("run_dir", help="a trained model folder (a device section with bits)")
     p.add_argument("--repeats", type=int, default=300)
     p.add_argument("--seconds", type=float, default=5.0, help="per throughput point")
@@ -210,6 +217,11 @@ def register_bench(bsub: Any) -> None:
     p.add_argument("--window", type=int, default=16, help="requests each device keeps in flight")
     p.add_argument("--servers", type=int, default=1, help="`ddnn serve` processes sharing the load")
     p.add_argument("--generators", type=int, default=2, help="load generator processes")
+    p.add_argument(
+        "--mqtt-clients", type=lambda text: tuple(text.split(",")),
+        help=f"comma-separated MQTT client libraries to compare (default: all, "
+        f"{','.join(mqtt_client_names())}; paho always runs, as the reference)",
+    )  # fmt: skip
     p.add_argument("--plot", help="PNG of throughput and p95 against devices")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_bench_runtime)
@@ -297,5 +309,10 @@ def register_bench(bsub: Any) -> None:
     p.add_argument("--examples", type=int, default=10000, help="inputs per decoder property")
     p.add_argument("--live", type=int, help="messages sent to the live server (default: examples)")
     p.add_argument("--seed", type=int, help="hypothesis seed, to repeat a run")
+    p.add_argument(
+        "--mqtt-client", choices=mqtt_client_names(),
+        help="run the live part on a Mosquitto of its own through this MQTT client library "
+        "(default: an in-memory hub)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=cmd_bench_fuzz)

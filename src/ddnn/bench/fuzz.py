@@ -273,8 +273,8 @@ def run_property(
 # --- the live part ---------------------------------------------------------------------------
 
 CATEGORIES = ("garbage", "mutated", "frame", "wrong-input", "topic")
-topic_levels = st.text(
-    st.characters(exclude_characters="/+#\x00", exclude_categories=["Cs"]),
+topic_levels = st.text(  # what a broker takes: no surrogates, controls or non-characters
+    st.characters(exclude_characters="/+#\x00", exclude_categories=["Cs", "Cc", "Cn"]),
     min_size=1,
     max_size=12,
 )
@@ -491,8 +491,11 @@ def live_fuzz(
     seed: int | None = None,
     progress: bool = False,
     chunk: int = 200,
+    *,
+    mqtt_client: str | None = None,
 ) -> dict[str, Any]:
-    """Send `messages` fuzzed messages to a real InferenceServer on an in-memory hub, in chunks;
+    """Send `messages` fuzzed messages to a real InferenceServer on an in-memory hub (or, with
+    `mqtt_client`, on a Mosquitto of its own through that MQTT client library), in chunks;
     after each chunk a valid request must still be answered."""
     from tqdm.auto import tqdm
 
@@ -509,7 +512,6 @@ def live_fuzz(
     cases = live_cases(messages, seed)
 
     db = ModelDB([run_dir])
-    url = f"memory://fuzz-{uuid.uuid4().hex[:8]}"
     tally = _Tally()
     probes = Counter[str]()
     errors = _ErrorLogs()
@@ -519,7 +521,14 @@ def live_fuzz(
         watched = logging.getLogger("ddnn")
         watched.addHandler(errors)
         stack.callback(watched.removeHandler, errors)
-        server_t, sender_t, probe_t = (stack.enter_context(create_transport(url)) for _ in range(3))
+        url, client = f"memory://fuzz-{uuid.uuid4().hex[:8]}", {}
+        if mqtt_client is not None:
+            from ddnn.runtime.broker import MosquittoBroker
+
+            url, client = stack.enter_context(MosquittoBroker()).url, {"mqtt_client": mqtt_client}
+        server_t, sender_t, probe_t = (
+            stack.enter_context(create_transport(url, **client)) for _ in range(3)
+        )
         # before the transports close (exit callbacks run in reverse)
         server = stack.enter_context(InferenceServer(server_t, db, ServerConfig(workers=2)))
         prober = stack.enter_context(Requester(probe_t, "probe"))
@@ -591,14 +600,18 @@ def bench_fuzz(
     live: int | None = None,
     seed: int | None = None,
     progress: bool = False,
+    *,
+    mqtt_client: str | None = None,
 ) -> dict[str, Any]:
-    """Every decoder property with `examples` inputs, then (with a model) the live server."""
+    """Every decoder property with `examples` inputs, then (with a model) the live server: on
+    an in-memory hub, or through a real broker with `mqtt_client`."""
     if examples < 1:
         raise DdnnError("--examples must be at least 1")
     properties = [run_property(name, examples, seed, progress) for name in PROPERTIES]
     live_result = None
     if run_dir is not None:
-        live_result = live_fuzz(run_dir, examples if live is None else live, seed, progress)
+        messages = examples if live is None else live
+        live_result = live_fuzz(run_dir, messages, seed, progress, mqtt_client=mqtt_client)
     bad = sum(p["escaped"] + p["violations"] for p in properties)
     if live_result is not None:
         bad += sum(live_result[k] for k in LIVE_FAILURES) + (not live_result["server_healthy"])
@@ -607,6 +620,7 @@ def bench_fuzz(
         "seed": seed,
         "properties": properties,
         "live": live_result,
+        "mqtt_client": mqtt_client,
         "ok": bad == 0,
     }
 
@@ -632,9 +646,10 @@ def bench_fuzz_text(r: dict[str, Any]) -> str:
     else:
         cats = ", ".join(f"{k} {v}" for k, v in lv["by_category"].items())
         codes = ", ".join(f"{k} {v}" for k, v in sorted(lv["codes"].items()))
+        where = f"Mosquitto via {r['mqtt_client']}" if r.get("mqtt_client") else "memory://"
         lines += [
             "",
-            f"live InferenceServer on memory:// ({cats}); {lv['seconds']:.0f} s",
+            f"live InferenceServer on {where} ({cats}); {lv['seconds']:.0f} s",
             "",
             "| messages tried | rejected with an error frame | accepted (valid) | no reply address "
             "| duplicates dropped | unanswered | malformed accepted | exceptions escaped | "

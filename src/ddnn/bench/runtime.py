@@ -1,8 +1,10 @@
-"""`ddnn bench runtime`, on one Mosquitto in one run:
+"""`ddnn bench runtime`, on one Mosquitto in one run, for each MQTT client library
+(`--mqtt-client`) side by side:
 
 1. the framework's round trip for an offloaded request (device -> broker -> server worker ->
-   broker -> device, the server's compute subtracted) against a bare paho echo of a payload of
-   the same size;
+   broker -> device, the server's compute subtracted) against a bare echo of a payload of the
+   same size built on the same library (`ddnn.bench.echo`), and against the paho echo as the
+   common reference;
 2. bytes on the wire per offloaded request against its payload;
 3. server throughput (many requests in flight, from load generator processes) against the same
    section's in-process batched forward, and throughput / p95 latency as closed-loop devices
@@ -16,62 +18,28 @@ from __future__ import annotations
 import os
 import statistics
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import paho.mqtt.client as paho
 import torch
 
+from ddnn.bench.echo import ECHOES
 from ddnn.bench.floor import FloorConfig, FloorProcess, FloorResponder
 from ddnn.bench.load import Target, closed_loop_step
 from ddnn.bench.offload import offload_request, offload_shape
 from ddnn.errors import DdnnError
 from ddnn.runtime.broker import MosquittoBroker, free_port
 from ddnn.runtime.client import Requester
-from ddnn.runtime.config import ServerConfig, to_argv
+from ddnn.runtime.config import ConnectionConfig, ServerConfig, to_argv
 from ddnn.runtime.executor import SectionExecutor
-from ddnn.runtime.mqtt import MqttTransport, set_nodelay
 from ddnn.runtime.processes import Process
 from ddnn.runtime.protocol import request_topic
 from ddnn.runtime.server import InferenceServer, ModelDB
+from ddnn.runtime.transport import DEFAULT_MQTT_CLIENT, create_transport, mqtt_client_names
 from ddnn.runtime.wire import Reply, Request
-
-
-def _paho_client(url_port: int) -> paho.Client:
-    c = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-    c.on_socket_open = set_nodelay
-    c.connect("127.0.0.1", url_port)
-    c.loop_start()
-    return c
-
-
-def bare_echo_rtt(port: int, payload: bytes, repeats: int) -> list[float]:
-    """Round trips (ms) of `payload` through a paho client that echoes in its callback."""
-    echo, caller = _paho_client(port), _paho_client(port)
-    got = threading.Event()
-    echo.on_message = lambda c, ud, m: c.publish("bench/out", m.payload, qos=1)
-    caller.on_message = lambda c, ud, m: got.set()
-    echo.subscribe("bench/in", qos=1)
-    caller.subscribe("bench/out", qos=1)
-    time.sleep(0.3)  # both SUBACKs in
-    times = []
-    try:
-        for _ in range(repeats):
-            got.clear()
-            t0 = time.perf_counter()
-            caller.publish("bench/in", payload, qos=1)
-            if not got.wait(5):
-                raise RuntimeError("bare echo lost a message")
-            times.append((time.perf_counter() - t0) * 1000)
-    finally:
-        for c in (echo, caller):
-            c.loop_stop()
-            c.disconnect()
-    return times
 
 
 @dataclass(frozen=True)
@@ -102,12 +70,12 @@ class _Served:
 
 
 def _device_round_trips(
-    url: str, served: _Served, repeats: int
+    url: str, served: _Served, repeats: int, client: str = DEFAULT_MQTT_CLIENT
 ) -> tuple[list[float], int, int, int]:
     """A ddnn device's offloaded requests, one at a time, to whatever answers section 1:
     (round trips ms minus the compute the reply reports, frame bytes, packet bytes, payload
     bytes)."""
-    with MqttTransport.from_url(url) as dt:
+    with create_transport(url, mqtt_client=client) as dt:
         topic = request_topic(served.name, 1, "bench0")
         times = []
         with Requester(dt, "bench0") as req:
@@ -121,13 +89,16 @@ def _device_round_trips(
         return times, sent.frame_bytes, sent.packet_bytes, len(r.tensors[0].payload)
 
 
-def framework_rtt(url: str, served: _Served, repeats: int) -> tuple[list[float], int, int, int]:
-    """A ddnn device to a ddnn server (in this process, as the echo's two clients are)."""
+def framework_rtt(
+    url: str, served: _Served, repeats: int, client: str = DEFAULT_MQTT_CLIENT
+) -> tuple[list[float], int, int, int]:
+    """A ddnn device to a ddnn server (in this process, as the echo's two clients are), both
+    on MQTT client library `client`."""
     with (
-        MqttTransport.from_url(url) as st,
+        create_transport(url, mqtt_client=client) as st,
         InferenceServer(st, served.db, ServerConfig(workers=1)),
     ):
-        return _device_round_trips(url, served, repeats)
+        return _device_round_trips(url, served, repeats, client)
 
 
 def floor_rtt(url: str, served: _Served, repeats: int) -> list[float]:
@@ -147,19 +118,21 @@ def capacity_sweep(
     servers: int,
     generators: int,
     work: Path,
+    client: str = DEFAULT_MQTT_CLIENT,
 ) -> list[dict[str, Any]]:
-    """Throughput / latency as closed-loop devices are added, against `servers` `ddnn serve`
-    processes (as deployed: no GIL shared with the load). The load comes from `generators`
-    processes in which each reply sends the next request, so that the generator is not the
-    bound (one process with a thread per request in flight was: 75 % of a core for 830
-    requests/s)."""
+    """Throughput / latency as closed-loop devices are added, against `servers` `ddnn serve
+    --mqtt-client <client>` processes (as deployed: no GIL shared with the load). The load
+    comes from `generators` processes in which each reply sends the next request, so that
+    the generator is not the bound (one process with a thread per request in flight was:
+    75 % of a core for 830 requests/s)."""
     ports = tuple(free_port() for _ in range(servers))
     procs: list[Process] = []
     try:
         for i, port in enumerate(ports):
             config = ServerConfig(workers=1, max_batch=_BATCH, queue_limit=4096, http_port=port)
             args = ["serve", served.run_dir, "--broker", url, *to_argv(config)]
-            procs.append(Process(f"bench-server-{i}", args, work, ready=True))
+            args += to_argv(ConnectionConfig(mqtt_client=client))
+            procs.append(Process(f"bench-server-{client}-{i}", args, work, ready=True))
         for proc in procs:
             proc.wait_ready()
         pids = tuple(proc.proc.pid for proc in procs)
@@ -228,6 +201,8 @@ def in_process_throughput(ex: SectionExecutor, batch: int, seconds: float) -> tu
 
 
 _RTT_ROUNDS = 5
+_REFERENCE = "paho"  # the common reference echo, and the library of the top-level figures
+RTT_TARGET = 1.3  # round trip / the same library's bare echo (issue 18)
 _BATCH = 64  # the servers' max batch, and the ceiling's batch
 
 
@@ -239,32 +214,40 @@ def bench_runtime(
     window: int = 16,
     servers: int = 1,
     generators: int = 2,
+    *,
+    clients: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
+    """Everything above for each MQTT client library in `clients` (default: all); paho's
+    figures are the top-level ones, every library's are in `by_client`."""
+    clients = tuple(dict.fromkeys((_REFERENCE, *(clients or mqtt_client_names()))))
     if min(repeats, max_devices, window, servers, generators) < 1 or seconds <= 0:
         raise DdnnError(
             "--repeats, --max-devices, --window, --servers and --generators must be at least 1 "
             "and --seconds above 0"
         )
     served = _Served.load(run_dir)
+    fw: dict[str, list[float]] = {c: [] for c in clients}
+    echo: dict[str, list[float]] = {c: [] for c in clients}
+    sweeps: dict[str, list[dict[str, Any]]] = {}
     with MosquittoBroker() as broker, tempfile.TemporaryDirectory() as logs:
         assert broker.pid is not None  # started by the `with`
         # interleaved blocks, so that a burst of load from elsewhere on a shared machine hits
-        # both sides of the ratio alike
-        fw: list[float] = []
-        echo: list[float] = []
+        # both sides of each ratio alike
         floor_rt: list[float] = []
         for _ in range(_RTT_ROUNDS):
-            times, frame_bytes, packet_bytes, payload = framework_rtt(
-                broker.url, served, max(repeats // _RTT_ROUNDS, 1)
-            )
-            fw += times
-            echo += bare_echo_rtt(broker.port, b"\x00" * frame_bytes, len(times))
+            for c in clients:
+                times, frame_bytes, packet_bytes, payload = framework_rtt(
+                    broker.url, served, max(repeats // _RTT_ROUNDS, 1), c
+                )
+                fw[c] += times
+                echo[c] += ECHOES[c](broker.port, b"\x00" * frame_bytes, len(times))
             floor_rt += floor_rtt(broker.url, served, len(times))
         devices = [d for d in (1, 2, 4, 8, 16) if d <= max_devices]
-        sweep = capacity_sweep(
-            broker.url, served, broker.pid, devices, window, seconds, servers, generators,
-            Path(logs),
-        )  # fmt: skip
+        for c in clients:
+            sweeps[c] = capacity_sweep(
+                broker.url, served, broker.pid, devices, window, seconds, servers, generators,
+                Path(logs), c,
+            )  # fmt: skip
         floor = floor_step(
             broker.url, served, broker.pid, devices[-1], window, seconds, generators, Path(logs)
         )
@@ -275,18 +258,24 @@ def bench_runtime(
     # side by side, counted as if they scaled perfectly
     parallel = min(servers, os.cpu_count() or 1)
     ceiling = one * parallel
+    by_client = {
+        c: _client_figures(fw[c], echo[c], echo[_REFERENCE], sweeps[c], ceiling, ceiling_per_cpu)
+        for c in clients
+    }
+    sweep = sweeps[_REFERENCE]
     best = max(s["requests_per_s"] for s in sweep)
     best_per_cpu = max(s["requests_per_server_cpu_s"] for s in sweep)
+    paho_fw, paho_echo = fw[_REFERENCE], echo[_REFERENCE]
     return {
         "model": served.name,
         "round_trip": {
-            "framework_median_ms": statistics.median(fw),
-            "echo_median_ms": statistics.median(echo),
-            "ratio": statistics.median(fw) / statistics.median(echo),
-            "target": 1.5,
+            "framework_median_ms": statistics.median(paho_fw),
+            "echo_median_ms": statistics.median(paho_echo),
+            "ratio": statistics.median(paho_fw) / statistics.median(paho_echo),
+            "target": RTT_TARGET,
             # ddnn's device against a responder that only replies (`ddnn.bench.floor`)
             "device_to_floor_median_ms": statistics.median(floor_rt),
-            "repeats": len(fw),
+            "repeats": len(paho_fw),
         },
         "bytes": {
             "payload": payload,
@@ -319,6 +308,35 @@ def bench_runtime(
                 ceiling_per_cpu,
             ),
         },
+        "by_client": by_client,
+    }
+
+
+def _client_figures(
+    fw: list[float],
+    echo: list[float],
+    paho_echo: list[float],
+    sweep: list[dict[str, Any]],
+    ceiling: float,
+    ceiling_per_cpu: float,
+) -> dict[str, float]:
+    """One client library's row: its round trip against its own bare echo and paho's, and its
+    server's best throughput against the in-process forward."""
+    med = statistics.median
+    best = max(s["requests_per_s"] for s in sweep)
+    per_cpu = max(s["requests_per_server_cpu_s"] for s in sweep)
+    heaviest = sweep[-1]
+    return {
+        "framework_median_ms": med(fw),
+        "echo_median_ms": med(echo),
+        "rtt_ratio": med(fw) / med(echo),
+        "rtt_ratio_to_paho_echo": med(fw) / med(paho_echo),
+        "server_best_per_s": best,
+        "throughput_ratio": best / ceiling,
+        "server_per_cpu_s": per_cpu,
+        "per_cpu_ratio": per_cpu / ceiling_per_cpu,
+        "server_us_per_request": 1e6 / heaviest["requests_per_server_cpu_s"],
+        "p95_ms_heaviest": heaviest["p95_ms"],
     }
 
 
@@ -352,7 +370,24 @@ def bench_runtime_text(r: dict[str, Any]) -> str:
         f"{cs['mqtt_floor_us']:.0f} + the rest, ddnn's own {cs['ddnn_us']:.0f}; the per-CPU "
         f"ratio with no ddnn cost at all would be {cs['bound_without_ddnn']:.2f}",
         "",
-        f"Closed-loop devices, {th['window']} requests in flight each, from "
+        "Each MQTT client library (`--mqtt-client`; device, server and echo all on it; paho "
+        "echo the common reference):",
+        "",
+        "| client | bare echo ms | ddnn round trip ms | / own echo | / paho echo | "
+        "`ddnn serve` best/s | / in-process | per server CPU-s | / in-process per CPU-s | "
+        "server us per request |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *(
+            f"| {name} | {c['echo_median_ms']:.3f} | {c['framework_median_ms']:.3f} | "
+            f"{c['rtt_ratio']:.2f} {verdict(c['rtt_ratio'], '<=', RTT_TARGET)} | "
+            f"{c['rtt_ratio_to_paho_echo']:.2f} | {c['server_best_per_s']:.0f} | "
+            f"{c['throughput_ratio']:.2f} {verdict(c['throughput_ratio'], '>=', th['target'])} | "
+            f"{c['server_per_cpu_s']:.0f} | {c['per_cpu_ratio']:.2f} | "
+            f"{c['server_us_per_request']:.0f} |"
+            for name, c in r["by_client"].items()
+        ),
+        "",
+        f"Closed-loop devices ({_REFERENCE}), {th['window']} requests in flight each, from "
         f"{th['generators']} load generator process(es); CPU in % of one core "
         f"(the machine has {100 * (os.cpu_count() or 1)}):",
         "",

@@ -131,10 +131,34 @@ static void ddnn_copy_features(const ddnn_word *in, uint8_t *out)
 
 def _exit(low: Lowered, rule: ExitRule | None) -> str:
     if rule is None or low.num_logits == 0:
-        return ""
+        return """\
+void ddnn_device_set_threshold(float threshold)
+{
+    (void)threshold;
+}
+
+int ddnn_device_class(int argmax)
+{
+    (void)argmax;
+    return -1;
+}
+
+"""
     return (
         c_array("int32_t", "ddnn_class_map", np.array(rule.class_map, dtype=np.int32))
         + f"""
+static float ddnn_threshold = DDNN_THRESHOLD;
+
+void ddnn_device_set_threshold(float threshold)
+{{
+    ddnn_threshold = threshold;
+}}
+
+/* the exit's class for an argmax: the dataset class, -1 for Big-Little's "other" */
+int ddnn_device_class(int argmax)
+{{
+    return argmax == {rule.other} || argmax < 0 ? -1 : ddnn_class_map[argmax];
+}}
 /* normalized entropy -sum p log p / log C of softmax(z), in double, clamped to [0, 1] */
 static float ddnn_entropy(const float *z)
 {{
@@ -163,7 +187,7 @@ static int ddnn_decide(const float *z, float *entropy, int *argmax)
     if (entropy) *entropy = eta;
     if (argmax) *argmax = best;
     if (best == {rule.other}) return DDNN_OFFLOAD;
-    if (!{int(rule.final)} && !(eta < DDNN_THRESHOLD)) return DDNN_OFFLOAD;
+    if (!{int(rule.final)} && !(eta < ddnn_threshold)) return DDNN_OFFLOAD;
     return ddnn_class_map[best];
 }}
 
@@ -259,6 +283,12 @@ int ddnn_device_run(const float *input, float *logits, float *entropy, int *argm
  * ddnn_device_run returned. Returns count. */
 int ddnn_device_run_batch(int count, const float *inputs, float *logits, float *entropy,
                           int *argmax, int *decision, uint8_t *features);
+
+/* Replaces the exit threshold (DDNN_THRESHOLD) for the following runs, e.g. --threshold. */
+void ddnn_device_set_threshold(float threshold);
+
+/* The dataset class of exit class `argmax`: -1 for a Big-Little exit's "other" (or no exit). */
+int ddnn_device_class(int argmax);
 
 /* Which model, version, device and weights this code was generated from. */
 const char *ddnn_device_model(void);

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ddnn.errors import DdnnError
 from ddnn.runtime.config import (
+    ConnectionConfig,
     DeploymentConfig,
     DeviceConfig,
     EdgeConfig,
@@ -52,15 +53,16 @@ def _connect(
     from ddnn.runtime.broker import broker_or_own
     from ddnn.runtime.transport import create_transport
 
+    client = from_args(ConnectionConfig, args).mqtt_client
     if access is not None:
         url = args.broker or access.url
-        with create_transport(url, **access.transport_kwargs()) as transport:
+        with create_transport(url, mqtt_client=client, **access.transport_kwargs()) as transport:
             yield url, transport
         return
     with broker_or_own(args.broker) as url:
         if url != args.broker:
             print(f"started Mosquitto for this command at {url}", flush=True)
-        with create_transport(url) as transport:
+        with create_transport(url, mqtt_client=client) as transport:
             yield url, transport
 
 
@@ -102,6 +104,7 @@ def _add_broker_option(p: argparse.ArgumentParser) -> None:
         "--auth", metavar="FILE",
         help="access file (URL, identity, password, CA) from `ddnn broker --secure`",
     )  # fmt: skip
+    add_flags(p, ConnectionConfig)
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
@@ -321,8 +324,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report))
     else:
+        runs = "the C agent" if report["device_impl"] == "c" else f"engine {report['engine']}"
         print(f"{report['model']} v{report['version']}, {report['devices']} device(s), "
-              f"engine {report['engine']}:\n")  # fmt: skip
+              f"{runs}:\n")  # fmt: skip
         print(report_markdown(report))
         print(f"\nreport, records and plot: {out}")
     return 0

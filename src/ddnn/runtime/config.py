@@ -28,7 +28,9 @@ from ddnn.runtime.protocol import (
     SERVER_GROUP,
     default_device_id,
 )
+from ddnn.runtime.transport import DEFAULT_MQTT_CLIENT, mqtt_client_names
 
+DEVICE_IMPLS = ("python", "c")  # what runs a device in `ddnn run`: `ddnn device` or `ddnn agent`
 ALL_MODES = "both"  # `ddnn run --mode both`: each of MODES in turn
 DEFAULT_DEADLINE_MS = 2000.0  # a device's wait for its answer; the edge's wait for the server
 
@@ -172,6 +174,22 @@ def _require(config: Any, name: str, ok: bool, what: str) -> None:
     f = next(f for f in dataclasses.fields(config) if f.name == name)
     where = f" ({_option(f)})" if _FLAG in f.metadata else ""
     raise DdnnError(f"{name}{where} must be {what}, got {getattr(config, name)!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConnectionConfig:
+    """How a tier process speaks MQTT (`--broker` / `--auth` say to whom)."""
+
+    mqtt_client: str = flag(
+        DEFAULT_MQTT_CLIENT,
+        "MQTT client library: paho (pure Python) or libmosquitto (C, Debian libmosquitto1: "
+        "less CPU per message; see docs/runtime.md)",
+        choices=mqtt_client_names(),
+    )
+
+    def __post_init__(self) -> None:
+        valid = mqtt_client_names()
+        _require(self, "mqtt_client", self.mqtt_client in valid, f"one of {', '.join(valid)}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -319,6 +337,11 @@ class DeploymentConfig:
     workers: int = flag(ServerConfig.workers, "server worker threads")
     broker: str | None = flag(None, "mqtt[s]://host:port of a running broker (default: start one)")
     engine: str = flag(DeviceConfig.engine, "the devices' engine: torch, onnx or c")
+    device_impl: str = flag(
+        DEVICE_IMPLS[0],
+        "python: `ddnn device` processes; c: the generated C agent (`ddnn agent`, libmosquitto)",
+        choices=DEVICE_IMPLS,
+    )
     deadline_ms: float = flag(DeviceConfig.deadline_ms, "the devices' deadline")
     secure: bool = flag(
         False, "its own broker with passwords, ACL and TLS; each process its own identity"
@@ -333,6 +356,11 @@ class DeploymentConfig:
         None, "each device's traffic over this link: a profile name (wifi, lte, ...) or a TOML "
         "file; needs root (network namespaces, tc)",
     )  # fmt: skip
+    mqtt_client: str = flag(
+        ConnectionConfig.mqtt_client,
+        "every tier's MQTT client library (see ddnn serve)",
+        choices=mqtt_client_names(),
+    )
 
     def __post_init__(self) -> None:
         _check_thresholds(self.thresholds)
@@ -347,6 +375,7 @@ class DeploymentConfig:
                 )
         budget = self.latency_budget_ms
         _require(self, "latency_budget_ms", budget is None or budget > 0, "positive")
+        ConnectionConfig(mqtt_client=self.mqtt_client)  # checks it
         _require(self, "devices", self.devices is None or self.devices >= 1, "at least 1")
         _require(self, "samples", self.samples >= 1, "at least 1")
         _require(self, "rate", self.rate >= 0, "0 or more")
@@ -354,8 +383,15 @@ class DeploymentConfig:
         _require(self, "mode", self.mode in valid, f"one of {', '.join(valid)}")
         _require(self, "workers", self.workers >= 1, "at least 1")
         _require(self, "deadline_ms", self.deadline_ms > 0, "positive")
+        _require(self, "device_impl", self.device_impl in DEVICE_IMPLS, " or ".join(DEVICE_IMPLS))
         if self.secure and self.broker:
             raise DdnnError("--secure starts its own broker; drop --broker (or secure that broker)")
+        if self.device_impl == "c" and self.device_profile is not None:
+            raise DdnnError(
+                "--device-profile with --device-impl c is not supported: the C agent does not "
+                "dilate its compute to the profile's speed (only the Python device does); "
+                "emulate its link with --link alone"
+            )
 
     @property
     def modes(self) -> tuple[str, ...]:

@@ -18,6 +18,7 @@ from ddnn.emulation.profiles import load_device_profile, load_link_profile
 from ddnn.errors import DdnnError
 from ddnn.runtime.broker import MosquittoBroker, parse_broker_url
 from ddnn.runtime.config import (
+    ConnectionConfig,
     DeploymentConfig,
     DeviceConfig,
     EdgeConfig,
@@ -67,10 +68,11 @@ def run_deployment(
     report: dict[str, Any] = {
         "model": spec.name, "version": stored.version, "devices": n,
         "samples_requested": config.samples, "rate_per_device": config.rate,
-        "engine": config.engine, "workers": config.workers, "secure": config.secure,
+        "engine": config.engine, "device_impl": config.device_impl, "workers": config.workers,
+        "secure": config.secure,
         "thresholds": exit_thresholds(spec, config.thresholds),
         "threshold_source": "calibrated" if config.thresholds is None else "--threshold",
-        "latency_budget_ms": config.latency_budget_ms,
+        "latency_budget_ms": config.latency_budget_ms, "mqtt_client": config.mqtt_client,
         "configurations": {},
     }  # fmt: skip
     device_ids = default_device_ids(n)
@@ -79,11 +81,13 @@ def run_deployment(
         url = config.broker or stack.enter_context(MosquittoBroker(security=setup)).url
         emu = stack.enter_context(_emulation(config, n, url)) if config.emulated else None
 
+        client = to_argv(ConnectionConfig(mqtt_client=config.mqtt_client))
+
         def connect(identity: str) -> list[str]:
             """How a tier process reaches the broker: its own access file when secure."""
             if setup is None:
-                return ["--broker", url]
-            return ["--auth", str(setup.access_file(identity))]
+                return ["--broker", url, *client]
+            return ["--auth", str(setup.access_file(identity)), *client]
 
         server_config = ServerConfig(workers=config.workers)
         serve = ["serve", run, *connect(SERVER_IDENTITY), *to_argv(server_config)]
@@ -148,7 +152,8 @@ def _stream(
         )
         linked = emu is not None and emu.link is not None
         reach = ["--broker", emu.broker_url(k)] if linked else connect(device)
-        args = ["device", run, *reach, *to_argv(client), *to_argv(feed)]
+        command = "device" if config.device_impl == "python" else "agent"  # the C agent
+        args = [command, run, *reach, *to_argv(client), *to_argv(feed)]
         args += ["--start-file", str(start)]
         launch = partial(emu.popen, k) if emu is not None else subprocess.Popen
         name = f"device-{mode}-{device}"

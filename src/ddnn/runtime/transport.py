@@ -8,6 +8,7 @@ here once so the in-memory transport behaves like a real broker in tests.
 from __future__ import annotations
 
 import importlib
+import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable
@@ -75,9 +76,25 @@ def validate_filter(topic_filter: str) -> tuple[str | None, str]:
     return group, inner
 
 
+# What Mosquitto (and libmosquitto, before sending) treat as malformed UTF-8 in a topic: control
+# characters and non-characters, which MQTT says SHOULD NOT appear. A broker disconnects a
+# client that sends one, so every transport refuses them up front.
+_REFUSED_CHARACTERS = re.compile(
+    "[\x01-\x1f\x7f-\x9f\ufdd0-\ufdef"
+    + "".join(chr((plane << 16) | 0xFFFE) + chr((plane << 16) | 0xFFFF) for plane in range(17))
+    + "]"
+)
+
+
 def _check_common(text: str, what: str) -> None:
     if "\x00" in text:
         raise DdnnError(f"{what} {text!r} contains a NUL character")
+    refused = _REFUSED_CHARACTERS.search(text)
+    if refused is not None:
+        raise DdnnError(
+            f"{what} {text!r} contains U+{ord(refused.group()):04X}: brokers refuse control "
+            "characters and non-characters in topics (MQTT 1.5.4)"
+        )
     if len(text.encode("utf-8", "surrogatepass")) > 65535:
         raise DdnnError(f"{what} is longer than MQTT's 65535-byte limit")
 
@@ -283,7 +300,7 @@ def register_transport(scheme: str, factory: TransportFactory) -> None:
 
 
 def _lazy(module: str, cls_name: str) -> TransportFactory:
-    """Import on first use so `memory://` users never import paho."""
+    """Import on first use so `memory://` users never import paho (nor load libmosquitto)."""
 
     def factory(url: str, **kwargs: Any) -> Transport:
         cls: type[Transport] = getattr(importlib.import_module(module), cls_name)
@@ -293,13 +310,44 @@ def _lazy(module: str, cls_name: str) -> TransportFactory:
 
 
 register_transport("memory", _lazy("ddnn.runtime.memory", "MemoryTransport"))
-register_transport("mqtt", _lazy("ddnn.runtime.mqtt", "MqttTransport"))
-register_transport("mqtts", _lazy("ddnn.runtime.mqtt", "MqttTransport"))
+
+# --- MQTT client libraries --------------------------------------------------------------------
+
+DEFAULT_MQTT_CLIENT = "paho"
+MQTT_SCHEMES = ("mqtt", "mqtts")
+_CLIENTS: dict[str, TransportFactory] = {}
 
 
-def create_transport(url: str, **kwargs: Any) -> Transport:
+def register_mqtt_client(name: str, factory: TransportFactory) -> None:
+    """Make `create_transport("mqtt://...", mqtt_client=name)` call `factory(url, **kwargs)`."""
+    _CLIENTS[name] = factory
+
+
+def mqtt_client_names() -> tuple[str, ...]:
+    """The MQTT client libraries a broker transport can use (`--mqtt-client`)."""
+    return tuple(_CLIENTS)
+
+
+def _mqtt(url: str, *, mqtt_client: str = DEFAULT_MQTT_CLIENT, **kwargs: Any) -> Transport:
+    if mqtt_client not in _CLIENTS:
+        raise DdnnError(
+            f"unknown MQTT client {mqtt_client!r}; valid: {', '.join(mqtt_client_names())}"
+        )
+    return _CLIENTS[mqtt_client](url, **kwargs)
+
+
+register_mqtt_client("paho", _lazy("ddnn.runtime.mqtt", "MqttTransport"))
+register_mqtt_client("libmosquitto", _lazy("ddnn.runtime.mosquitto", "MosquittoTransport"))
+for _scheme in MQTT_SCHEMES:
+    register_transport(_scheme, _mqtt)
+
+
+def create_transport(
+    url: str, *, mqtt_client: str = DEFAULT_MQTT_CLIENT, **kwargs: Any
+) -> Transport:
     """`memory://<name>` (in-process hub), `mqtt://host:port` or `mqtts://host:port` (a
-    broker, plain or TLS)."""
+    broker, plain or TLS, through the client library `mqtt_client`: see
+    `mqtt_client_names()`; the in-process hub has none and ignores it)."""
     scheme, sep, _ = url.partition("://") if isinstance(url, str) else ("", "", "")
     if not sep or scheme not in _REGISTRY:
         valid = ", ".join(f"{s}://" for s in sorted(_REGISTRY))
@@ -307,4 +355,6 @@ def create_transport(url: str, **kwargs: Any) -> Transport:
             f"unknown transport URL {url!r}; valid schemes: {valid} "
             "(e.g. memory://test or mqtt://127.0.0.1:1883)"
         )
+    if scheme in MQTT_SCHEMES:
+        kwargs["mqtt_client"] = mqtt_client
     return _REGISTRY[scheme](url, **kwargs)
