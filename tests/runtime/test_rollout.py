@@ -315,13 +315,20 @@ def test_the_devices_of_a_multi_device_model_switch_at_the_frame_the_edge_announ
     db = CountingModels([v1], grace_s=0.5)
     server = InferenceServer(transports[0], db, ServerConfig(workers=1))
     control = RolloutControl(transports[0], db, chunk_bytes=4096, check_every_s=0.1)
-    edge_config = EdgeConfig(follow="mqtt", switch_after_frames=5, thresholds=(0.0,))
+    # generous deadlines: the assertion is about versions, and a loaded CI host must not turn a
+    # slow frame (the fetch and engine build run beside it) into a degraded one
+    edge_config = EdgeConfig(
+        follow="mqtt", switch_after_frames=5, thresholds=(0.0,), frame_deadline_ms=3000.0,
+        upstream_deadline_ms=5000.0,
+    )  # fmt: skip
     edge = EdgeAggregator(transports[1], device_folder(v1, tmp_path / "edge"), edge_config)
     devices = [
         DeviceClient(
             transports[2 + i],
             device_folder(v1, tmp_path / f"dev{i}"),
-            DeviceConfig(device_id=f"dev{i}", index=i, thresholds=(0.0,), follow="mqtt"),
+            DeviceConfig(
+                device_id=f"dev{i}", index=i, thresholds=(0.0,), follow="mqtt", deadline_ms=10_000.0
+            ),
         )
         for i in range(4)
     ]
@@ -394,3 +401,36 @@ def test_a_version_stays_loaded_while_a_device_still_uses_it(versions):
     db.used("ddnn", 2, "dev0")  # dev0 switched
     assert db.unload_idle(time.monotonic() + 5) == [("ddnn", 1)]
     assert db.served() == ["ddnn v2"] and db.known_versions("ddnn") == [1, 2]
+
+
+def test_a_device_still_fetching_at_the_announced_frame_waits_for_it(versions, tmp_path):
+    """Found in a full-suite run on a loaded host: the edge announced the switch frame while a
+    device was still building the new version, so that device reported the frame with the old
+    version, the edge refused it and the frame was answered degraded. The device now waits for
+    the due fetch (up to the fetch timeout) at that frame instead."""
+    from ddnn.runtime.memory import MemoryTransport
+    from ddnn.runtime.protocol import switch_topic
+    from ddnn.runtime.rollout import Follower
+    from ddnn.runtime.rollout_wire import Switch, sha256_of
+    from ddnn.store.artifact import SPEC_FILE
+
+    def slow_prepare(folder: Path) -> Path:
+        time.sleep(0.5)  # building the new engine takes longer than the frames before the switch
+        return folder
+
+    v2 = versions[1]
+    transport = MemoryTransport()
+    follower = Follower(
+        transport, model="ddnn", version=1, identity="dev0", parts=("device0",),
+        folder=tmp_path / "dev0", prepare=slow_prepare, mode="path", coordinated=True,
+    )  # fmt: skip
+    with transport, follower.start():
+        spec = (v2 / SPEC_FILE).read_bytes()
+        note = Announcement("ddnn", 2, sha256_of(spec), str(v2))
+        transport.publish(version_topic("ddnn"), encode_message(note))
+        transport.publish(switch_topic("ddnn"), encode_message(Switch("ddnn", 2, 3)))
+        time.sleep(0.05)  # the switch is recorded; the fetch is still preparing
+        assert follower.take(2) == (None, "")  # before the switch frame: the old version
+        ready, note_text = follower.take(3)
+        assert ready is not None and ready.version == 2 and note_text == ""
+        assert follower.version == 2

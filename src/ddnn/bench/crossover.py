@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ddnn.runtime.protocol import DEVICE_SERVER, SERVER_ONLY
+
 Curve = Callable[[float], float]
 
 
@@ -75,5 +77,5 @@ def crossings_text(split: Curve, server_only: Curve, lo: float, hi: float) -> st
     found = crossings(split, server_only, lo, hi)
     if found:
         return "; ".join(c.text() for c in found)
-    winner = "device+server" if split(lo) < server_only(lo) else "server-only"
+    winner = DEVICE_SERVER if split(lo) < server_only(lo) else SERVER_ONLY
     return f"no crossing between {lo:g} and {hi:g} Mbit/s: {winner} is faster throughout"

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 
 from ddnn.planning.records import RunProfile, ThresholdRow, WireBytes
+from ddnn.runtime.protocol import DEVICE_SERVER, SERVER_ONLY
 
-SPLIT = "device+server"
-SERVER_ONLY = "server-only"
+SPLIT = DEVICE_SERVER
 MAX_PAIRS = 250_000  # device x server time pairs kept for an offloaded sample's distribution
 
 

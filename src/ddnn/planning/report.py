@@ -7,6 +7,7 @@ from typing import Any
 
 from ddnn.planning.predict import predict_all
 from ddnn.planning.records import RunProfile
+from ddnn.runtime.protocol import SERVER_ONLY
 from ddnn.tables import markdown_table
 
 LAYER_COLUMNS = ("section", "layer", "where", "median ms", "p95 ms")
@@ -46,7 +47,7 @@ def profile_text(profile: RunProfile, link: Any) -> str:
         "payload bytes past each section: "
         + ", ".join(f"{k} {v} B" for k, v in profile.exit_bytes.items()),
     ]
-    for label, wire in (("offload", profile.split_wire), ("server-only", profile.server_only_wire)):
+    for label, wire in (("offload", profile.split_wire), (SERVER_ONLY, profile.server_only_wire)):
         if wire is not None:
             lines.append(
                 f"{label} request: frame {wire.request_frame} B, MQTT {wire.request_mqtt} B, "
@@ -68,7 +69,7 @@ def profile_text(profile: RunProfile, link: Any) -> str:
         rows.append([r.threshold, r.local_exit_fraction, r.accuracy, r.payload_bytes_per_sample,
                      *times])  # fmt: skip
     rows.append(
-        ["server-only", 0.0, only.accuracy, None, only.mqtt_bytes_per_sample,
+        [SERVER_ONLY, 0.0, only.accuracy, None, only.mqtt_bytes_per_sample,
          only.t_total_ms.mean, only.t_total_ms.p95]
     )  # fmt: skip
     lines += [

@@ -109,10 +109,11 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, *names: str) -> None:
 
 
 def from_args(cls: type[C], ns: argparse.Namespace, **overrides: Any) -> C:
-    """The config of class `cls` from parsed flags; a flag left None keeps the default."""
+    """The config of class `cls` from parsed flags; a flag left None keeps the default, and so
+    does one the command does not offer (`ddnn agent` takes a subset of `ddnn device`'s)."""
     values: dict[str, Any] = {}
     for f in _flagged(cls):
-        given = getattr(ns, _dest(f))
+        given = getattr(ns, _dest(f), None)
         if isinstance(f.default, bool):
             values[f.name] = (not f.default) if given else f.default
         elif given is not None:

@@ -102,8 +102,10 @@ class Follower(Service):
         self.coordinated, self.timeout_s = coordinated, timeout_s
         self.metrics = metrics or Metrics()
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # a fetch ended: ready or failed
         self._ready: Prepared | None = None
         self._switch_at: dict[int, int] = {}  # version -> first frame (coordinated)
+        self._given_up: set[int] = set()  # versions whose fetch failed or was waited out
         self._note = ""
         self._fetch: _Fetch | None = None
         self._inbox: queue.Queue[Announcement | None] = queue.Queue()
@@ -126,6 +128,8 @@ class Follower(Service):
         if self._stop.is_set():
             return
         self._stop.set()
+        with self._lock:
+            self._changed.notify_all()  # a frame waiting for a due fetch stops waiting
         if self._thread is not None:
             self._inbox.put(None)
             self._thread.join(timeout=self.timeout_s + 5)
@@ -140,6 +144,7 @@ class Follower(Service):
         """(the version to switch to before `frame_id`, or None; a note for this frame's
         record: why a fetch failed)."""
         with self._lock:
+            self._await_due(frame_id)
             note, self._note = self._note, ""
             ready = self._ready
             if ready is None:
@@ -151,6 +156,26 @@ class Follower(Service):
         self.metrics.inc(*SWITCHES)
         log.info("%s: v%d -> v%d from frame %d", self.identity, previous, ready.version, frame_id)
         return ready, note
+
+    def _await_due(self, frame_id: int) -> None:
+        """Coordinated: the edge has named a frame from which a version this device is still
+        fetching is due. Wait for the fetch (at most the fetch timeout, once per version)
+        rather than report this frame with the old version, which the edge would refuse.
+        Called with the lock held."""
+        due = [v for v, first in self._switch_at.items()
+               if v > self.version and first <= frame_id and v not in self._given_up]  # fmt: skip
+        if not self.coordinated or not due:
+            return
+        version = max(due)
+
+        def settled() -> bool:
+            ready = self._ready is not None and self._ready.version == version
+            return ready or version in self._given_up or self._stop.is_set()
+
+        if not self._changed.wait_for(settled, timeout=self.timeout_s):
+            self._given_up.add(version)
+            self._note = f"kept v{self.version}: v{version} was due from frame {frame_id} but "
+            self._note += f"not fetched within {self.timeout_s:g} s"
 
     def wants(self) -> int | None:
         """The version prepared and waiting for its frame, if any."""
@@ -210,6 +235,7 @@ class Follower(Service):
                 continue
             with self._lock:
                 old, self._ready = self._ready, prepared
+                self._changed.notify_all()
             if old is not None:
                 self.discard(old.payload)
 
@@ -219,6 +245,8 @@ class Follower(Service):
         self.metrics.inc(*FETCH_FAILURES)
         with self._lock:
             self._note = message
+            self._given_up.add(note.version)
+            self._changed.notify_all()
 
     def _get(self, note: Announcement) -> Prepared:
         """Fetch, check, write locally and prepare version `note.version`."""
