@@ -19,15 +19,26 @@ from ddnn.store.artifact import open_model
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("ddnn_agent.c", "ddnn_wire.c", "ddnn_wire.h", "ddnn_access.c", "ddnn_access.h")
+SOURCES = (
+    "ddnn_agent.c",
+    "ddnn_wire.c",
+    "ddnn_wire.h",
+    "ddnn_access.c",
+    "ddnn_access.h",
+    "ddnn_inputs.c",
+    "ddnn_inputs.h",
+    "ddnn_records.c",
+    "ddnn_records.h",
+)
 CONFIG = "ddnn_agent_config.h"
 BINARY = "ddnn_agent"
 
 AGENT_RULES = """
 # The C device agent (docs/agent.md): needs libmosquitto (Debian: libmosquitto-dev; for an
 # aarch64 cross build libmosquitto-dev:arm64). Cross: make agent CC=aarch64-linux-gnu-gcc OUT=arm64
-AGENT_SRC = ddnn_agent.c ddnn_wire.c ddnn_access.c ddnn_device.c
-AGENT_HDR = ddnn_agent_config.h ddnn_wire.h ddnn_access.h ddnn_device.h
+AGENT_SRC = ddnn_agent.c ddnn_wire.c ddnn_access.c ddnn_inputs.c ddnn_records.c ddnn_device.c
+AGENT_HDR = ddnn_agent_config.h ddnn_wire.h ddnn_access.h ddnn_inputs.h ddnn_records.h \\
+    ddnn_device.h
 
 agent: $(OUT)/ddnn_agent
 

@@ -26,6 +26,8 @@
 #include "ddnn_access.h"
 #include "ddnn_agent_config.h"
 #include "ddnn_device.h"
+#include "ddnn_inputs.h"
+#include "ddnn_records.h"
 #include "ddnn_wire.h"
 
 #define KEEPALIVE_S 30
@@ -226,143 +228,6 @@ static void connect_broker(const ddnn_access *acc)
                "need TLS (mqtts://)?", CONNECT_TIMEOUT_S, A.url);
 }
 
-/* -- inputs --------------------------------------------------------------------------------- */
-
-typedef struct {
-    FILE *inputs, *frames;
-    char **images;
-    int n_images, next_image;
-    uint32_t count, read;
-} feed_t;
-
-static uint32_t u32le(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static void open_inputs(feed_t *f, const char *path)
-{
-    f->inputs = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
-    if (!f->inputs) die(2, "%s: cannot open: %s", path, strerror(errno));
-    uint8_t head[16];
-    if (fread(head, 1, 16, f->inputs) != 16 || memcmp(head, "DDNNIN01", 8))
-        die(2, "%s: not a ddnn input file (magic DDNNIN01, uint32 count, uint32 values)", path);
-    f->count = u32le(head + 8);
-    if (u32le(head + 12) != DDNN_INPUT_SIZE)
-        die(2, "%s: %u values per sample, the model takes %d (%dx%dx%d)", path, u32le(head + 12),
-            DDNN_INPUT_SIZE, DDNN_INPUT_CHANNELS, DDNN_INPUT_HEIGHT, DDNN_INPUT_WIDTH);
-    if (f->count == 0) die(2, "%s: no samples", path);
-}
-
-/* A binary PGM (P5, one channel) or PPM (P6, three) of the model's size; pixels / 255. */
-static void read_image(const char *path, float *x)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) die(2, "%s: cannot open: %s", path, strerror(errno));
-    char magic[3] = {0};
-    int w, h, maxval, channels;
-    if (fscanf(f, "%2s %d %d %d", magic, &w, &h, &maxval) != 4 || fgetc(f) == EOF)
-        die(2, "%s: not a binary PGM/PPM image (P5 or P6)", path);
-    channels = strcmp(magic, "P5") == 0 ? 1 : strcmp(magic, "P6") == 0 ? 3 : 0;
-    if (!channels || maxval != 255) die(2, "%s: use a binary PGM (P5) or PPM (P6) with maxval 255", path);
-    if (channels != DDNN_INPUT_CHANNELS || w != DDNN_INPUT_WIDTH || h != DDNN_INPUT_HEIGHT)
-        die(2, "%s: image is %dx%d with %d channel(s), the model takes %dx%d with %d", path, h, w,
-            channels, DDNN_INPUT_HEIGHT, DDNN_INPUT_WIDTH, DDNN_INPUT_CHANNELS);
-    static uint8_t pixels[DDNN_INPUT_SIZE];
-    if (fread(pixels, 1, DDNN_INPUT_SIZE, f) != DDNN_INPUT_SIZE) die(2, "%s: truncated image", path);
-    fclose(f);
-    for (int y = 0; y < h; y++) /* interleaved HWC -> C order [C, H, W] */
-        for (int xx = 0; xx < w; xx++)
-            for (int c = 0; c < channels; c++)
-                x[(c * h + y) * w + xx] = (float)pixels[(y * w + xx) * channels + c] / 255.0f;
-}
-
-/* The next sample into x, with its frame id and label; 0 when there are no more. */
-static int next_sample(feed_t *f, float *x, uint64_t *frame_id, long *label)
-{
-    if (f->images) {
-        if (f->next_image >= f->n_images) return 0;
-        read_image(f->images[f->next_image], x);
-        *frame_id = (uint64_t)f->next_image++;
-        *label = -1;
-        return 1;
-    }
-    if (f->read >= f->count) return 0;
-    if (fread(x, sizeof(float), DDNN_INPUT_SIZE, f->inputs) != DDNN_INPUT_SIZE)
-        die(2, "input: sample %u is truncated", f->read);
-    *frame_id = f->read, *label = -1;
-    if (f->frames) {
-        unsigned long long id;
-        if (fscanf(f->frames, "%llu %ld", &id, label) != 2)
-            die(2, "frames file: line %u is not 'frame_id label'", f->read + 1);
-        *frame_id = id;
-    }
-    f->read++;
-    return 1;
-}
-
-/* -- records -------------------------------------------------------------------------------- */
-
-typedef struct {
-    uint64_t frame_id;
-    long label;
-    int predicted, exit_index, local_predicted, offloaded;
-    const char *status;
-    double device_ms, comm_ms, server_ms, total_ms;
-    size_t frame_bytes, packet_bytes;
-    const ddnn_answer *answer; /* missing devices, when answered */
-    char message[DDNN_MAX_MESSAGE_BYTES + 64];
-} record_t;
-
-static void json_text(FILE *out, const char *s)
-{
-    fputc('"', out);
-    for (; *s; s++) {
-        const unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') fprintf(out, "\\%c", c);
-        else if (c < 0x20) fprintf(out, "\\u%04x", c);
-        else fputc(c, out);
-    }
-    fputc('"', out);
-}
-
-/* The shortest decimal that reads back as the same double, as Python's json writes floats. */
-static void json_double(FILE *out, double v)
-{
-    char text[40];
-    for (int digits = 1; digits <= 17; digits++) {
-        snprintf(text, sizeof text, "%.*g", digits, v);
-        if (strtod(text, NULL) == v) break;
-    }
-    fputs(text, out);
-    if (!strpbrk(text, ".eEn")) fputs(".0", out);
-}
-
-static void write_record(FILE *out, const record_t *r)
-{
-    fprintf(out, "{\"device\": ");
-    json_text(out, A.device_id);
-    fprintf(out, ", \"frame_id\": %llu, \"predicted\": %d, \"exit_index\": %d, "
-                 "\"local_predicted\": %d, \"offloaded\": %s, \"status\": \"%s\", ",
-            (unsigned long long)r->frame_id, r->predicted, r->exit_index, r->local_predicted,
-            r->offloaded ? "true" : "false", r->status);
-    fprintf(out, "\"device_ms\": %.4f, \"comm_ms\": %.4f, \"server_ms\": %.4f, \"total_ms\": %.4f, "
-                 "\"frame_bytes\": %zu, \"packet_bytes\": %zu, \"label\": %ld, \"missing\": [",
-            r->device_ms, r->comm_ms, r->server_ms, r->total_ms, r->frame_bytes, r->packet_bytes,
-            r->label);
-    for (int i = 0; r->answer && i < r->answer->n_missing; i++) {
-        if (i) fputs(", ", out);
-        json_text(out, r->answer->missing[i]);
-    }
-    fprintf(out, "], \"message\": ");
-    json_text(out, r->message);
-    fprintf(out, ", \"threshold\": ");
-    if (A.server_only || DDNN_AGENT_FINAL) fputs("null", out);
-    else json_double(out, A.threshold);
-    fputs("}\n", out);
-    fflush(out);
-}
-
 /* -- one sample ----------------------------------------------------------------------------- */
 
 static size_t packet_size(size_t topic_len, size_t payload_len)
@@ -374,7 +239,7 @@ static size_t packet_size(size_t topic_len, size_t payload_len)
 }
 
 /* No usable answer: the local exit's answer marked degraded, or none ("lost", "error"). */
-static void fallback(record_t *r, int local, const char *status_if_none, double t0, const char *why)
+static void fallback(ddnn_record *r, int local, const char *status_if_none, double t0, const char *why)
 {
     r->total_ms = (now_s() - t0) * 1000;
     r->comm_ms = r->total_ms - r->device_ms;
@@ -390,7 +255,7 @@ static void fallback(record_t *r, int local, const char *status_if_none, double 
     r->status = "degraded";
 }
 
-static void offload(record_t *r, const uint8_t *payload, size_t payload_len, uint8_t encoding,
+static void offload(ddnn_record *r, const uint8_t *payload, size_t payload_len, uint8_t encoding,
                     const uint32_t *shape, uint8_t section, int local, double t0)
 {
     static uint8_t frame[FRAME_CAP];
@@ -445,7 +310,7 @@ static void offload(record_t *r, const uint8_t *payload, size_t payload_len, uin
     r->answer = a;
 }
 
-static void infer(record_t *r, const float *x)
+static void infer(ddnn_record *r, const float *x)
 {
     static uint8_t features[DDNN_FEATURE_BYTES + DDNN_INPUT_SIZE];
     float logits[DDNN_NUM_LOGITS > 0 ? DDNN_NUM_LOGITS : 1], entropy;
@@ -504,7 +369,7 @@ int main(int argc, char **argv)
 {
     const char *auth = NULL, *inputs = NULL, *frames = NULL, *mode = DDNN_AGENT_MODE;
     int id_given = 0;
-    feed_t feed = {0};
+    ddnn_feed feed = {0};
     A.device_id = DDNN_AGENT_DEVICE_ID;
     A.deadline_s = DDNN_AGENT_DEADLINE_MS / 1000.0;
     A.threshold = DDNN_AGENT_THRESHOLD;
@@ -535,11 +400,11 @@ int main(int argc, char **argv)
     else if (strcmp(mode, "device+server")) die(2, "--mode must be device+server or server-only, got %s", mode);
     if (A.has_threshold) ddnn_device_set_threshold((float)A.threshold);
     if (!!inputs == !!feed.images) die(2, "give --inputs FILE (or - for stdin) or image files, one of them");
-    if (inputs) open_inputs(&feed, inputs);
-    if (frames && !(feed.frames = fopen(frames, "r"))) die(2, "%s: cannot open: %s", frames, strerror(errno));
 
     ddnn_access acc;
     char err[1024];
+    if (inputs && ddnn_open_inputs(&feed, inputs, err, sizeof err)) die(2, "%s", err);
+    if (frames && ddnn_open_frames(&feed, frames, err, sizeof err)) die(2, "%s", err);
     memset(&acc, 0, sizeof acc);
     if (auth && ddnn_read_access(auth, &acc, err, sizeof err)) die(2, "%s", err);
     if (auth && acc.has_username && id_given && strcmp(acc.username, A.device_id))
@@ -578,14 +443,15 @@ int main(int argc, char **argv)
         fclose(f);
     }
     static float x[DDNN_INPUT_SIZE];
-    record_t rec;
+    ddnn_record rec;
     const double start = now_s();
     long n = 0;
-    while (next_sample(&feed, x, &rec.frame_id, &rec.label)) {
+    for (int got; (got = ddnn_next_sample(&feed, x, &rec.frame_id, &rec.label, err, sizeof err));) {
+        if (got < 0) die(2, "%s", err);
         for (double left; A.rate > 0 && (left = start + n / A.rate - now_s()) > 0;)
             pump(left); /* paced: sample n leaves at start + n / rate */
         infer(&rec, x);
-        write_record(out, &rec);
+        ddnn_write_record(out, &rec, A.device_id, A.server_only || DDNN_AGENT_FINAL ? NULL : &A.threshold);
         n++;
     }
     A.closing = 1;
