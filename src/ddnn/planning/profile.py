@@ -146,7 +146,9 @@ def _measure(
     slowdown = max(1.0, calibration.slowdown(device))
     dev_layers: list[dict[str, Any]] = []
     if model.spec.device_section is not None:
-        dev_layers = [_dilated(x, slowdown) for x in time_layers(run, "device", repeats=repeats)]
+        # idling between samples as the dilated device does, so caches are as cold as in the run
+        timed = time_layers(run, "device", repeats=repeats, idle_factor=slowdown - 1)
+        dev_layers = [_dilated(x, slowdown) for x in timed]
     srv_layers = time_layers(run, "server", repeats=repeats)
     dev_names = {s.name for s in model.spec.sections if s.tier == "device"}
     upper = [x for x in srv_layers if x["section"] not in dev_names]
