@@ -29,7 +29,7 @@ RAW = WireBytes(1800, 1840, 1900, 200, 220, 250)  # 2150 B: 1.72 ms at 10 Mbit/s
 def make_profile(**changes) -> RunProfile:
     fields = dict(
         run="/runs/a", model="a", model_id="x", host="h", device_profile={}, link_profile={},
-        calibration={"host_gflops": 10.0}, quota_cores=0.5, repeats=4, layers=(),
+        calibration={"host_gflops": 10.0}, slowdown=2.0, repeats=4, layers=(),
         device=Timing((1.0, 1.0, 1.0, 5.0)),  # mean 2
         server=Timing((2.0, 2.0, 2.0, 2.0)),
         server_only=Timing((3.0, 3.0, 3.0, 3.0)),

@@ -20,8 +20,7 @@ from ddnn.planning.profile import profile_path, profile_run
 from ddnn.planning.sweep import read_sweep, train_candidates
 from ddnn.store.artifact import open_model
 
-# A device as fast as the host (the quota is clamped to every core): the timing child is not
-# slowed down, so these tests stay quick; the slow devices only change the quota.
+# A device as fast as the host (its slowdown is below 1, so 1): device times are host times.
 FAST = """description = "a device as fast as any host"
 gflops = 100000.0
 cores = 1
@@ -85,6 +84,26 @@ def test_a_profile_is_measured_stored_and_reused(run, fast, monkeypatch):
         profile_run(run, device, link, CALIBRATION, repeats=7)
     pred = predict(p, link, 0.0)
     assert pred.local_exit_fraction == p.thresholds[0].local_exit_fraction
+
+
+@pytest.mark.slow
+def test_device_times_are_host_times_times_the_runs_slowdown(run, tmp_path, monkeypatch):
+    """The profile predicts T_device by the factor `ddnn run` dilates the inference by."""
+    slow = tmp_path / "slow.toml"
+    slow.write_text(FAST.replace("gflops = 100000.0", "gflops = 2.0"))
+    device, link = load_device_profile(slow), load_link_profile("wifi")
+    host_ms = {"device": [1.0, 2.0, 3.0, 4.0, 5.0], "server": [0.5] * 5}
+
+    def fake_layers(run_dir, where, *, repeats, idle_factor=0.0):
+        assert idle_factor == (49.0 if where == "device" else 0.0)
+        sections = ["device"] if where == "device" else ["device", "cloud"]
+        return [{"section": s, "layer": "0", "samples_ms": host_ms[where]} for s in sections]
+
+    monkeypatch.setattr(profile_module, "time_layers", fake_layers)
+    p = profile_run(run, device, link, CALIBRATION, repeats=5, limit=20)
+    assert p.slowdown == CALIBRATION.slowdown(device) == 50.0
+    assert p.device.samples_ms == (50.0, 100.0, 150.0, 200.0, 250.0)
+    assert p.server.samples_ms == (0.5,) * 5  # the server runs at host speed
 
 
 @pytest.mark.slow

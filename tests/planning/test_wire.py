@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ddnn.planning.wire import TCP_IP_HEADER, on_wire, server_only_wire, split_wire
+from ddnn.emulation.tcpip import TCP_IP_HEADER, on_wire
+from ddnn.planning.wire import server_only_wire, split_wire
 from ddnn.runtime.config import DeviceConfig
 from ddnn.runtime.device import DeviceClient
 from ddnn.runtime.memory import MemoryTransport

@@ -1,6 +1,7 @@
-"""`python -m ddnn.bench.ping URL N`: connect to a broker, publish a 100-byte message to a topic
-it subscribes to, N times one after another (QoS 0), and print the round trips in ms as one JSON
-list. A process of its own, so it can run inside an emulated device's namespace."""
+"""`python -m ddnn.bench.ping URL N [BYTES]`: connect to a broker, publish a message of BYTES
+(default 100) to a topic it subscribes to, N times one after another (QoS 0), and print the
+round trips in ms as one JSON list. A process of its own, so it can run inside an emulated
+device's namespace."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import time
 import paho.mqtt.client as mqtt
 
 TOPIC = "ddnn/bench/ping"
+SIZE = 100
 
 
-def main(url: str, count: int) -> None:
+def main(url: str, count: int, size: int = SIZE) -> None:
     host, port = url.split("//")[1].split(":")
     got, subscribed = threading.Event(), threading.Event()
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
@@ -30,7 +32,7 @@ def main(url: str, count: int) -> None:
         for _ in range(count):
             got.clear()
             start = time.perf_counter()
-            client.publish(TOPIC, b"x" * 100, qos=0)
+            client.publish(TOPIC, b"x" * size, qos=0)
             if not got.wait(10):
                 raise SystemExit("a ping was not answered within 10 s")
             rtts.append((time.perf_counter() - start) * 1000)
@@ -41,4 +43,4 @@ def main(url: str, count: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    main(sys.argv[1], int(sys.argv[2]), *(int(x) for x in sys.argv[3:4]))

@@ -1,6 +1,6 @@
 """`ddnn bench plan`: the planner's predictions checked against runs on the same emulation.
 
-The planner recommends a design from profiles (layer times under the CPU quota, bytes, exit
+The planner recommends a design from profiles (layer times, the device's x its slowdown, bytes, exit
 rates on the validation split) and arithmetic. This runs the recommendation and two other
 designs for real: `ddnn run` on the same device profile and link, one device, the same
 threshold, and compares what the devices recorded with what was predicted (`bench/compare.py`).

@@ -1,14 +1,23 @@
-"""A delaying TCP relay: the one-way delay of an emulated link, since this kernel has no netem.
+"""A pacing, delaying TCP relay: the rate and one-way delay of an emulated link as a single
+message sees them, since this kernel has no netem.
 
 It listens on the host's end of a device's link and forwards each connection to the broker on
-loopback. Every chunk it reads is held until `delay_s` after it arrived, then written on, in
-each direction, so a small message's round trip through it is 2 x delay_s plus the relay's own
-overhead (a read, a timer, a write: about 0.3 ms per round trip measured here; see
-TIMER_SLACK_S for how the hold is timed to well under a millisecond). Order is kept: chunks
-leave in the order they came, and a delay lowered live lets no chunk overtake one still held.
+loopback. In each direction the relay is a link of `rate_bps` behind a wire of `delay_s`: a
+chunk of n bytes read at t starts on the link at s = max(t, busy_until), occupies it for
+`serialization_s(n)` (n plus the TCP/IP headers of its segments, `tcpip.py`, the planner's
+definition too), and is written on at busy_until + delay_s. So a 1.5 KB message at 0.25 Mbit/s
+arrives 50 ms + delay after it was sent, as on a real slow link; tc tbf alone (netns.shape) lets
+a message smaller than its 6 KB burst through at once. tbf stays on both veth ends as the
+kernel's cap on the rate (a sender faster than the link queues there); the relay receives at
+that rate at most, so it adds only the pacing tbf's burst skipped. Without `rate_bps` the relay
+only delays. The relay's own overhead (a read, a timer, a write) is about 0.3 ms per round trip
+measured here; see TIMER_SLACK_S for how the hold is timed to well under a millisecond. Order is
+kept: chunks leave in the order they came, and a delay or rate changed live (`set_delay`) lets
+no chunk overtake one still held.
 
-Limits, by being a TCP relay rather than a packet delay: the delay applies per chunk the relay
-reads (a burst read in one go is held as one); TCP's own handshake and ACKs between the device
+Limits, by being a TCP relay rather than a packet delay: the delay and pacing apply per chunk
+the relay reads (a burst read in one go is held and paced as one, its headers counted as if the
+chunk were sent in full segments); TCP's own handshake and ACKs between the device
 and the relay are not delayed, so a bulk transfer's window opens as on a short link; there is no
 loss, reordering or jitter. How much it may hold per direction is bounded (at least 256 KiB, or
 twice the bytes one delay's worth of the link carries), so a fast sender waits on it as on a
@@ -24,6 +33,8 @@ import threading
 import time
 from collections import deque
 from types import TracebackType
+
+from ddnn.emulation.tcpip import serialization_s
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +71,8 @@ class DelayRelay:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def set_delay(self, delay_s: float, rate_bps: float | None = None) -> None:
-        """Live: chunks arriving from now on are held `delay_s` (a float store is atomic)."""
+        """Live: chunks arriving from now on are held `delay_s` and paced at `rate_bps` when
+        given (float stores are atomic)."""
         self.delay_s = delay_s
         if rate_bps is not None:
             self.rate_bps = rate_bps
@@ -85,8 +97,8 @@ class DelayRelay:
         self.address = self._server.sockets[0].getsockname()[:2]
         self._thread = threading.Thread(target=loop.run_forever, name=self.name, daemon=True)
         self._thread.start()
-        log.info("relay %s: %s -> %s, %.1f ms each way", self.name, self.address, self.target,
-                 self.delay_s * 1000)  # fmt: skip
+        log.info("relay %s: %s -> %s, %.1f ms each way, paced at %s bit/s", self.name,
+                 self.address, self.target, self.delay_s * 1000, self.rate_bps)  # fmt: skip
         return self
 
     def close(self) -> None:
@@ -148,8 +160,9 @@ class DelayRelay:
             self._tasks.discard(task)  # type: ignore[arg-type]
 
     async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        """Read chunks as they come, each stamped with when it may leave; a second task writes
-        them out at that time, in order. Ends (closing dst) at EOF or an error either side."""
+        """Read chunks as they come, each stamped with when it may leave (paced, then delayed);
+        a second task writes them out at that time, in order. Ends (closing dst) at EOF or an
+        error either side."""
         loop = asyncio.get_running_loop()
         held: deque[tuple[float, bytes]] = deque()
         held_bytes = 0
@@ -157,6 +170,7 @@ class DelayRelay:
         room = asyncio.Event()  # held_bytes fell below max_held
         room.set()
         done = False
+        busy_until = 0.0  # when this direction's link has sent every chunk read so far
 
         async def send() -> None:
             nonlocal held_bytes
@@ -187,7 +201,12 @@ class DelayRelay:
                 data = await src.read(CHUNK)
                 if not data:
                     break
-                held.append((loop.time() + self.delay_s, data))
+                now, rate = loop.time(), self.rate_bps
+                if rate:  # the link sends one chunk at a time, each for its own wire time
+                    busy_until = max(now, busy_until) + serialization_s(len(data), rate)
+                    held.append((busy_until + self.delay_s, data))
+                else:
+                    held.append((now + self.delay_s, data))
                 held_bytes += len(data)
                 if held_bytes >= self.max_held:
                     room.clear()

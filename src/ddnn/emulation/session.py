@@ -1,6 +1,8 @@
 """`EmulatedDevices`: N device "hosts" on this machine, each with its own network namespace, a
-link shaped to a LinkProfile (tbf for the rate, both directions; a delaying relay for the
-one-way delay) and a CPU quota from a DeviceProfile and this host's calibration.
+link shaped to a LinkProfile (tbf as the kernel's cap on the rate, both directions; a pacing,
+delaying relay for the rate a single message sees and the one-way delay) and a DeviceProfile's
+speed from this host's calibration: the device's inference dilated by the slowdown, and
+optionally (`cpu_quota`) a CPU quota on the whole process.
 
 Device i reaches the broker only through its link: `broker_url(i)` is its relay, listening on
 the host's end of its veth pair. The broker, server and edge stay on the host, unemulated.
@@ -40,11 +42,12 @@ POOL = ipaddress.ip_network("10.214.0.0/16")  # one /24 per emulation, a /30 per
 QUEUE_S = 1.0  # tbf queues up to a second of traffic rather than dropping (netns.shape)
 MAX_DEVICES = 63
 MECHANISM = {
-    "cpu": "cgroup cfs quota: profile GFLOPS / host GFLOPS of one core (emulation/cpu.py)",
     "inference": "the device section's CPU time x host GFLOPS / profile GFLOPS, slept out",
-    "rate": "tc tbf on both ends of a veth pair into the device's network namespace",
+    "rate": "the relay paces each chunk (with TCP/IP headers) at the rate, each way; tc tbf on "
+    "both ends of a veth pair into the device's namespace caps it in the kernel",
     "delay": "a TCP relay on the host end holding each chunk for the one-way delay, both ways",
 }
+QUOTA_MECHANISM = "cgroup cfs quota: profile GFLOPS / host GFLOPS of one core (emulation/cpu.py)"
 
 
 @dataclass
@@ -60,8 +63,9 @@ class _Device:
 class EmulatedDevices:
     """`with EmulatedDevices(2, broker=("127.0.0.1", port), device=pi3, link=wifi) as emu:
     emu.popen(0, argv_with(emu.broker_url(0)))`. Built inert; entering sets everything up.
-    `cpu_from_start=False`: the cgroups start unlimited (loading torch and a model at 2 % of a
-    core takes minutes) until `limit_cpu()`."""
+    `cpu_quota=False`: the device's compute is emulated by dilation only (no cgroups, its other
+    work runs at host speed); `cpu_from_start=False`: the cgroups start unlimited (loading torch
+    and a model at 2 % of a core takes minutes) until `limit_cpu()`."""
 
     def __init__(
         self,
@@ -71,6 +75,7 @@ class EmulatedDevices:
         device: DeviceProfile | None = None,
         link: LinkProfile | None = None,
         calibration: Calibration | None = None,
+        cpu_quota: bool = True,
         cpu_from_start: bool = True,
     ) -> None:
         if not 1 <= count <= MAX_DEVICES:
@@ -80,7 +85,7 @@ class EmulatedDevices:
         self.count, self.broker = count, broker
         self.device, self.link = device, link
         self.calibration = calibration
-        self.cpu_from_start = cpu_from_start
+        self.cpu_quota, self.cpu_from_start = cpu_quota, cpu_from_start
         self.notes: list[str] = []
         self.link_changes: list[dict[str, float]] = []
         self._devices: list[_Device] = []
@@ -98,7 +103,8 @@ class EmulatedDevices:
 
     @property
     def quota_cores(self) -> float | None:
-        if self.device is None or self.calibration is None:
+        """The device's share of a host core (None: no quota is applied)."""
+        if self.device is None or self.calibration is None or not self.cpu_quota:
             return None
         return self.calibration.quota_cores(self.device)
 
@@ -122,7 +128,7 @@ class EmulatedDevices:
 
     def _setup(self) -> None:
         netns.check_host("an emulated device", "run without --device-profile and --link")
-        if self.device is not None:
+        if self.device is not None and self.cpu_quota:
             self._control = CpuControl.detect()
             if self._control.kind == "none":
                 raise DdnnError(
@@ -169,14 +175,26 @@ class EmulatedDevices:
                 rate_bps=rate, name=f"relay-{dev.ns}",
             ).start()  # fmt: skip
         self.notes.append(
-            f"link {link.name}: {link.rate_mbit:g} Mbit/s each way (tc tbf), "
-            f"{link.delay_ms:g} ms one way (delaying TCP relay, per chunk, no loss or jitter)"
+            f"link {link.name}: {link.rate_mbit:g} Mbit/s each way, {link.delay_ms:g} ms one "
+            "way (a TCP relay paces each chunk at the rate with its TCP/IP headers, then delays "
+            "it; tc tbf caps the rate in the kernel; no loss or jitter)"
         )
 
     def _setup_cpu(self, device: DeviceProfile) -> None:
-        assert self._control is not None
         if self.calibration is None:
             self.calibration = calibrate()
+        self.notes.append(
+            f"device inference dilated x{self.calibration.slowdown(device):.1f} ({device.name}: "
+            f"{device.gflops:g} GFLOPS / host {self.calibration.host_gflops:.1f} GFLOPS): it "
+            "sleeps that multiple of its host CPU time"
+        )
+        if not self.cpu_quota:
+            self.notes.append(
+                "no CPU quota: the device's work outside inference (encoding, MQTT, its Python) "
+                "runs at host speed, an understatement of a real device's"
+            )
+            return
+        assert self._control is not None
         cores = self.quota_cores
         assert cores is not None
         for i, dev in enumerate(self._devices):
@@ -187,10 +205,6 @@ class EmulatedDevices:
             f" GFLOPS = {cores:.4f} of a core (cgroup {self._control.kind}, period "
             f"{cfs_period_us(cores) / 1000:g} ms)"
             + ("" if self.cpu_from_start else "; limited from the start signal, not while loading")
-        )
-        self.notes.append(
-            f"device inference dilated x{self.calibration.slowdown(device):.1f}: it sleeps that "
-            "multiple of its host CPU time, as a quota lets a job under 1 ms through at full speed"
         )
 
     def limit_cpu(self, on: bool = True, devices: Sequence[int] | None = None) -> None:
@@ -259,8 +273,8 @@ class EmulatedDevices:
         return proc
 
     def set_link(self, rate_mbit: float | None = None, delay_ms: float | None = None) -> None:
-        """Change every device's link live: `tc qdisc change` for the rate, the relays' hold
-        time for the delay (chunks already held keep theirs)."""
+        """Change every device's link live: `tc qdisc change` and the relays' pacing for the
+        rate, their hold time for the delay (chunks already held keep theirs)."""
         if self.link is None:
             raise DdnnError("no link is emulated; start with a link profile to change it")
         link = replace(
@@ -290,7 +304,7 @@ class EmulatedDevices:
             "slowdown": self.slowdown,
             "cfs_period_us": cfs_period_us(self.quota_cores) if self.quota_cores else None,
             "link_changes": list(self.link_changes),
-            "mechanism": MECHANISM,
+            "mechanism": MECHANISM | ({"cpu": QUOTA_MECHANISM} if self.quota_cores else {}),
             "notes": list(self.notes),
         }
 

@@ -1,10 +1,14 @@
 """`profile_run`: measure a run on a device and link profile, and keep the result in the run
 folder (RUN/profiles/<device>-<link>.json) for reuse.
 
-Times come from two timing children (planning/timer.py): one under the CPU quota that emulates
-the device, one without (the server). Exit rates and accuracy per threshold come from the
-validation split, through evaluate's sweep; bytes from the wire format (planning/wire.py);
-device RAM and flash from the C export's footprint, computed without a compiler.
+Times come from two timing children (planning/timer.py), both at host speed: the device
+section's layers, then scaled by `Calibration.slowdown(device)` (the factor the emulated run
+dilates the device's inference by, runtime/device.py: one mechanism in both), and the server's.
+The device's protocol work (encoding, MQTT, its Python) is not in the profile: the emulated run
+does it at host speed, where it is small next to the link (docs/planning.md). Exit rates and
+accuracy per threshold come from the validation split, through evaluate's sweep; bytes from
+the wire format (planning/wire.py); device RAM and flash from the C export's footprint,
+computed without a compiler.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import platform
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +26,6 @@ import numpy as np
 from ddnn.config import to_dict
 from ddnn.emulation.calibrate import Calibration
 from ddnn.emulation.calibrate import calibrate as calibrate_host
-from ddnn.emulation.cpu import CpuControl, enter_cgroup
 from ddnn.emulation.profiles import DeviceProfile, LinkProfile
 from ddnn.errors import DdnnError
 from ddnn.evaluate.calibrate import sweep
@@ -141,23 +143,12 @@ def _measure(
 ) -> RunProfile:
     run = str(stored.folder)
     model = stored.load()
-    quota: float | None = calibration.quota_cores(device)
+    slowdown = max(1.0, calibration.slowdown(device))
     dev_layers: list[dict[str, Any]] = []
     if model.spec.device_section is not None:
-        control = CpuControl.detect()
-        path = control.create(f"ddnn-profile-{os.getpid()}", None)  # unlimited while loading
-        if path is None:
-            log.warning("no CPU quota on this host (%s): device times are host times", control.why)
-            quota = None
-        try:
-            dev_layers = time_layers(
-                run, "device", repeats=repeats,
-                preexec_fn=None if path is None else enter_cgroup(path),
-                on_loaded=None if path is None else lambda: control.set_cores(path, quota),
-            )  # fmt: skip
-        finally:
-            if path is not None:
-                CpuControl.remove(path)
+        # idling between samples as the dilated device does, so caches are as cold as in the run
+        timed = time_layers(run, "device", repeats=repeats, idle_factor=slowdown - 1)
+        dev_layers = [_dilated(x, slowdown) for x in timed]
     srv_layers = time_layers(run, "server", repeats=repeats)
     dev_names = {s.name for s in model.spec.sections if s.tier == "device"}
     upper = [x for x in srv_layers if x["section"] not in dev_names]
@@ -173,7 +164,7 @@ def _measure(
         device_profile=key["device_profile"],
         link_profile=key["link_profile"],
         calibration=calibration.to_dict(),
-        quota_cores=quota,
+        slowdown=slowdown,
         repeats=repeats,
         layers=tuple(layers),
         device=_per_sample(dev_layers, repeats),
@@ -189,6 +180,11 @@ def _measure(
         device_flash_bytes=flash,
         measured_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
+
+
+def _dilated(layer: dict[str, Any], slowdown: float) -> dict[str, Any]:
+    """A layer timed at host speed, as long as the emulated device takes: x `slowdown`."""
+    return {**layer, "samples_ms": [float(v) * slowdown for v in layer["samples_ms"]]}
 
 
 def _timing(layer: dict[str, Any]) -> Timing:

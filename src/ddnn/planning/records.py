@@ -11,7 +11,7 @@ import numpy as np
 from ddnn.config import from_dict, to_dict
 from ddnn.errors import DdnnError
 
-FORMAT = "ddnn-profile/1"
+FORMAT = "ddnn-profile/2"  # 2: device times dilated, not quota-limited
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class LayerTime:
 
     section: str
     layer: str  # "0: bconv 32", "exit", "fuse"
-    where: str  # "device" (under the CPU quota) or "server"
+    where: str  # "device" (host time x the profile's slowdown) or "server"
     time: Timing
 
 
@@ -86,10 +86,10 @@ class RunProfile:
     device_profile: dict[str, Any]
     link_profile: dict[str, Any]
     calibration: dict[str, Any]
-    quota_cores: float | None  # None: the host could not limit the CPU (times are host times)
+    slowdown: float  # host speed / device speed: device times are host times x this
     repeats: int
     layers: tuple[LayerTime, ...]
-    device: Timing  # per sample: the whole device section (body and exit) under the quota
+    device: Timing  # per sample: the whole device section (body and exit), dilated
     server: Timing  # per sample: every upper section on the server (it runs them all)
     server_only: Timing  # per sample: the whole model on the server (server-only mode)
     exit_bytes: dict[str, int]  # payload bytes one sample carries past each cut (section name)

@@ -19,16 +19,12 @@ THRESHOLD_COLUMNS = (
 
 def profile_text(profile: RunProfile, link: Any) -> str:
     dev, cal = profile.device_profile, profile.calibration
-    quota = (
-        f"{profile.quota_cores:.3g} host cores"
-        if profile.quota_cores is not None
-        else "none (no CPU controller: host speed)"
-    )
     lines = [
         f"{profile.model} ({profile.run}) on {dev.get('name')} ({dev.get('gflops')} GFLOPS) "
         f"and {link.name} ({link.rate_mbit:g} Mbit/s, {link.delay_ms:g} ms one way)",
         f"calibration: host {cal.get('host_gflops', float('nan')):.3g} GFLOPS on "
-        f"{cal.get('workload', '?')} at {cal.get('measured_at', '?')}; CPU quota {quota}; "
+        f"{cal.get('workload', '?')} at {cal.get('measured_at', '?')}; device times = host "
+        f"times x {profile.slowdown:.3g} (the run's dilation); "
         f"{profile.repeats} samples one at a time, measured {profile.measured_at}",
         "",
         markdown_table(LAYER_COLUMNS, profile.layer_rows()),

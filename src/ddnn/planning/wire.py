@@ -3,9 +3,9 @@
 The ddnn frame and the MQTT PUBLISH packet are exact: the frame is encoded here by the runtime's
 own codec (runtime/codec.py) with a tensor of the size the device sends, and the packet size is
 the transport's `publish_packet_size` for the topic it travels on. TCP/IP is derived, not
-measured: IPv4 (20 B) and TCP with the timestamp option Linux sends by default (32 B) per
-segment of at most one MSS of a 1500-byte MTU. Link-layer framing, TCP ACKs and the QoS-1
-PUBACKs are left out: they are small and travel off the request's critical path.
+measured, by `emulation/tcpip.py` (52 B of headers per segment), the same definition the
+emulated link paces its chunks by. Link-layer framing, TCP ACKs and the QoS-1 PUBACKs are left
+out: they are small and travel off the request's critical path.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 
+from ddnn.emulation.tcpip import on_wire
 from ddnn.model.hierarchy import HierarchicalModel
 from ddnn.model.outputs import binary_output
 from ddnn.planning.records import WireBytes
@@ -23,14 +24,7 @@ from ddnn.runtime.protocol import default_device_id, reply_topic, request_topic
 from ddnn.runtime.tensors import Encoding, Tensor, encode_tensor
 from ddnn.runtime.transport import publish_packet_size
 
-TCP_IP_HEADER = 20 + 32  # IPv4 + TCP with timestamps
-MSS = 1500 - TCP_IP_HEADER
 _REQUEST_ID = 1 << 40  # request ids are fixed-width: any value gives the same size
-
-
-def on_wire(mqtt_bytes: int) -> int:
-    """An MQTT packet with the TCP/IP headers of the segments carrying it."""
-    return mqtt_bytes + TCP_IP_HEADER * max(1, math.ceil(mqtt_bytes / MSS))
 
 
 def _wire(model: HierarchicalModel, section: int, tensor: Tensor) -> WireBytes:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
-import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from functools import partial
@@ -126,9 +125,9 @@ def _stream(
     emu: EmulatedDevices | None = None,
 ) -> list[dict[str, Any]]:
     """One device process per device; a single-device model's N devices share the samples.
-    Emulated: device k runs in emulated device k, reaching the broker over its link, and its
-    CPU quota holds from the start signal on (loading at a Pi's speed would take minutes)."""
-    procs, expected, n = [], [], len(device_ids)
+    Emulated: device k runs in emulated device k, reaching the broker over its link, its
+    inference dilated to the device profile's speed."""
+    procs, n = [], len(device_ids)
     start = logs / f"start-{mode}"
     start.unlink(missing_ok=True)
     for k, device in enumerate(device_ids):
@@ -158,54 +157,33 @@ def _stream(
         launch = partial(emu.popen, k) if emu is not None else subprocess.Popen
         name = f"device-{mode}-{device}"
         procs.append((Process(name, args, logs, ready=True, launch=launch), rec_file))
-        expected.append(len(range(offset, config.samples, stride)))  # at most this many
     rate = config.rate
     budget = 60 + config.samples * (config.deadline_ms / 1000 + (1 / rate if rate else 0.05))
     records: list[dict[str, Any]] = []
     try:
         for proc, _ in procs:  # all loaded and connected, then all go at once
             proc.wait_ready()
-        if emu is not None:
-            emu.limit_cpu(True)
         start.write_text("go\n")
-        if emu is not None:
-            _lift_when_recorded(emu, procs, expected, budget)
         for proc, rec_file in procs:
             proc.wait(timeout=budget)
             records += [json.loads(x) for x in rec_file.read_text().splitlines()]
     finally:
         for proc, _ in procs:
             proc.stop()
-        if emu is not None:
-            emu.limit_cpu(False)
     return records
 
 
-def _lift_when_recorded(
-    emu: EmulatedDevices, procs: list[tuple[Process, Path]], expected: list[int], budget: float
-) -> None:
-    """Lift device k's CPU quota once its records are all written (or it exited): what follows
-    is its shutdown, which at 2 % of a core takes a minute and measures nothing."""
-    waiting, deadline = set(range(len(procs))), time.monotonic() + budget
-    while waiting and time.monotonic() < deadline:
-        for k in sorted(waiting):
-            proc, rec_file = procs[k]
-            written = rec_file.read_text().count("\n") if rec_file.exists() else 0
-            if proc.proc.poll() is not None or written >= expected[k]:
-                emu.limit_cpu(False, [k])
-                waiting.discard(k)
-        time.sleep(0.1)
-
-
 def _emulation(config: DeploymentConfig, n: int, url: str) -> EmulatedDevices:
-    """The emulated devices `--device-profile` / `--link` ask for, their CPU quotas off until
-    the devices are loaded."""
+    """The emulated devices `--device-profile` / `--link` ask for. The device's compute is
+    emulated by dilating its inference only (runtime/device.py), the same mechanism the planner's
+    profile predicts by (planning/profile.py); no CPU quota, so its other work runs at host
+    speed (docs/emulation.md)."""
     from ddnn.emulation.session import EmulatedDevices
 
     device = load_device_profile(config.device_profile) if config.device_profile else None
     link = load_link_profile(config.link) if config.link else None
     return EmulatedDevices(
-        n, broker=parse_broker_url(url), device=device, link=link, cpu_from_start=False
+        n, broker=parse_broker_url(url), device=device, link=link, cpu_quota=False
     )
 
 
