@@ -26,7 +26,8 @@ def profile_text(profile: RunProfile, link: Any) -> str:
         f"({cal.get('source', 'measured')}; median timing {cal.get('median_gflops', 0):.3g} "
         f"GFLOPS); device times = host times x {profile.slowdown:.3g} (the run's dilation); "
         f"{profile.repeats} samples one at a time, measured {profile.measured_at}",
-        f"MQTT request/reply round trip on a loopback broker (added to T_comm): split "
+        "MQTT request/reply round trip through a relay and a loopback broker (added to "
+        f"T_comm): split "
         f"{profile.split_mqtt.mean:.2f} ms mean, server-only "
         f"{profile.server_only_mqtt.mean:.2f} ms mean",
         "",
