@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,9 @@ import pytest
 from ddnn.data.datasets import create_dataset
 from ddnn.train.config import load_experiment
 from ddnn.train.trainer import Trainer
+
+# the host's calibration cache (emulation/calibrate.py): one per test session, not the user's
+os.environ.setdefault("DDNN_CACHE_DIR", tempfile.mkdtemp(prefix="ddnn-test-cache-"))
 
 
 def train_tiny(preset: str, folder: Path, epochs: int = 2, **overrides) -> Path:

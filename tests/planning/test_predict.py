@@ -152,3 +152,16 @@ def test_a_min_accuracy_given_in_percent_is_refused():
 def test_a_profile_round_trips_through_its_json():
     profile = make_profile()
     assert RunProfile.from_dict(profile.to_dict()) == profile
+
+
+def test_the_mqtt_round_trip_is_added_to_every_offload():
+    # split: link 11 ms + MQTT mean (3+5)/2 = 4 ms -> 15 ms per offload, a quarter offloaded;
+    # server-only: 2150 B at 10 Mbit/s = 1.72 ms + 10 ms delay + 6 ms MQTT = 17.72 ms, + 3 ms
+    profile = make_profile(split_mqtt=Timing((3.0, 5.0)), server_only_mqtt=Timing((6.0,)))
+    assert comm_ms(WIRE, 10.0, 5.0, 4.0) == pytest.approx(15.0)
+    split = predict(profile, LINK, 0.5)
+    assert split.t_comm_ms.mean == pytest.approx(0.25 * 15.0)
+    assert split.t_total_ms.mean == pytest.approx(2.0 + 0.25 * (15.0 + 2.0))
+    only = predict(profile, LINK, None, SERVER_ONLY)
+    assert only.t_comm_ms.mean == pytest.approx(17.72)
+    assert only.t_total_ms.mean == pytest.approx(20.72)

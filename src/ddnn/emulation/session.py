@@ -29,7 +29,7 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from ddnn.emulation import netns
-from ddnn.emulation.calibrate import Calibration, calibrate
+from ddnn.emulation.calibrate import Calibration, host_calibration
 from ddnn.emulation.cpu import SLOWDOWN_ENV, CpuControl, cfs_period_us, enter_cgroup
 from ddnn.emulation.leftovers import namespace_name, sweep, veth_names
 from ddnn.emulation.profiles import DeviceProfile, LinkProfile
@@ -182,7 +182,7 @@ class EmulatedDevices:
 
     def _setup_cpu(self, device: DeviceProfile) -> None:
         if self.calibration is None:
-            self.calibration = calibrate()
+            self.calibration = host_calibration()  # the one `ddnn profile` used, if fresh
         self.notes.append(
             f"device inference dilated x{self.calibration.slowdown(device):.1f} ({device.name}: "
             f"{device.gflops:g} GFLOPS / host {self.calibration.host_gflops:.1f} GFLOPS): it "

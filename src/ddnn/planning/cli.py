@@ -42,6 +42,9 @@ def _add_profile_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--link", required=True, help="a link profile name or a TOML file")
     p.add_argument("--repeats", type=int, default=200, help="timed samples per layer")
     p.add_argument("--remeasure", action="store_true", help="ignore a stored profile")
+    p.add_argument("--recalibrate", action="store_true",
+                   help="measure the host's speed again (else the cached one, if under a day "
+                   "old, that `ddnn run --device-profile` also uses)")  # fmt: skip
 
 
 def _profiles(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -57,7 +60,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     device, link = _profiles(args)
     profile = profile_run(
         args.run_dir, device, link, repeats=args.repeats, remeasure=args.remeasure,
-        limit=args.limit,
+        recalibrate=args.recalibrate, limit=args.limit,
     )  # fmt: skip
     print(json.dumps(profile.to_dict()) if args.json else profile_text(profile, link))
     return 0
@@ -74,7 +77,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     )  # fmt: skip
     device, link = _profiles(args)  # before training: a wrong name fails at once
     runs = candidate_runs(args.candidates, progress=not args.json)
-    plan = make_plan(runs, device, link, budgets, repeats=args.repeats, remeasure=args.remeasure)
+    plan = make_plan(
+        runs, device, link, budgets, repeats=args.repeats, remeasure=args.remeasure,
+        recalibrate=args.recalibrate,
+    )  # fmt: skip
     if args.png:
         Path(args.png).parent.mkdir(parents=True, exist_ok=True)
         plot_plan(plan, args.png)

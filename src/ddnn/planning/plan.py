@@ -9,13 +9,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ddnn.emulation.calibrate import Calibration
-from ddnn.emulation.calibrate import calibrate as calibrate_host
+from ddnn.emulation.calibrate import Calibration, host_calibration
 from ddnn.emulation.profiles import DeviceProfile, LinkProfile
 from ddnn.errors import DdnnError
 from ddnn.planning.choose import Budgets, Choice, choose, latency_of
 from ddnn.planning.predict import Prediction, predict_all
-from ddnn.planning.profile import DEFAULT_REPEATS, profile_figures, profile_run, stored_profile
+from ddnn.planning.profile import DEFAULT_REPEATS, profile_figures, profile_run
 from ddnn.planning.sweep import is_sweep_file, read_sweep, train_candidates
 from ddnn.tables import markdown_table
 
@@ -71,15 +70,15 @@ def make_plan(
     *,
     repeats: int = DEFAULT_REPEATS,
     remeasure: bool = False,
+    recalibrate: bool = False,
 ) -> Plan:
-    """Profile (or reuse the profiles of) `runs` and choose among their predictions."""
+    """Profile (or reuse the profiles of) `runs` under one calibration (the host's shared one
+    unless given) and choose among their predictions."""
     preds: list[Prediction] = []
     used: dict[str, dict[str, Any]] = {}
+    calibration = calibration or host_calibration(remeasure=recalibrate)
     for run in runs:
-        profile = None if remeasure else stored_profile(run, device, link, repeats)
-        if profile is None:
-            calibration = calibration or calibrate_host()  # once for every run measured
-            profile = profile_run(run, device, link, calibration, repeats=repeats, remeasure=True)
+        profile = profile_run(run, device, link, calibration, repeats=repeats, remeasure=remeasure)
         used[str(run)] = profile.calibration
         preds += predict_all(profile, link.rate_mbit, link.delay_ms)
     return Plan(device, link, used, budgets, tuple(preds), choose(preds, budgets))
@@ -96,7 +95,10 @@ def _row(p: Prediction) -> list[Any]:
 
 def plan_text(plan: Plan) -> str:
     """The Pareto front, then the recommendation or the budgets nobody meets."""
-    host = sorted({f"{c.get('host_gflops', float('nan')):.3g}" for c in plan.calibrations.values()})
+    host = sorted(
+        {f"{c.get('host_gflops', float('nan')):.3g} ({c.get('source', 'measured')}, "
+         f"{c.get('measured_at', '?')})" for c in plan.calibrations.values()}
+    )  # fmt: skip
     lines = [
         f"device {plan.device.name} ({plan.device.gflops:g} GFLOPS), link {plan.link.name} "
         f"({plan.link.rate_mbit:g} Mbit/s, {plan.link.delay_ms:g} ms one way); host "

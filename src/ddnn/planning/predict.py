@@ -2,8 +2,10 @@
 accuracy a deployment would see. Pure functions on numbers, so every formula has a unit test.
 
 A sample that exits on the device costs T_device; one that is offloaded costs T_device + T_comm +
-T_server. The p95 of T_total is the p95 of that mixture (weights: the local-exit fraction and
-the rest), never a sum of the parts' p95s, which would count the slow tail of every part at once.
+T_server, where T_comm is the link (bytes at its rate, its delay both ways) plus the MQTT path's
+measured round trip on loopback. The p95 of T_total is the p95 of that mixture (weights: the
+local-exit fraction and the rest), never a sum of the parts' p95s, which would count the slow tail
+of every part at once.
 """
 
 from __future__ import annotations
@@ -79,10 +81,11 @@ def offloaded_times(device: np.ndarray, server: np.ndarray, comm_ms: float) -> n
     return totals
 
 
-def comm_ms(wire: WireBytes, rate_mbit: float, delay_ms: float) -> float:
+def comm_ms(wire: WireBytes, rate_mbit: float, delay_ms: float, mqtt_ms: float = 0.0) -> float:
     """One offload over the link: request and reply bytes on the wire at the link's rate, plus
-    the one-way delay twice (there and back)."""
-    return wire.round_trip_wire * 8 / (rate_mbit * 1e6) * 1e3 + 2 * delay_ms
+    the one-way delay twice (there and back), plus `mqtt_ms`, the MQTT path's own mean round
+    trip (two broker hops and both clients' work, measured on loopback: planning/overhead.py)."""
+    return wire.round_trip_wire * 8 / (rate_mbit * 1e6) * 1e3 + 2 * delay_ms + mqtt_ms
 
 
 def predict_row(
@@ -98,7 +101,7 @@ def predict_row(
     off = 1.0 - local
     device = np.asarray(profile.device.samples_ms)
     server = np.asarray(profile.server.samples_ms)
-    comm = comm_ms(profile.split_wire, rate_mbit, delay_ms)
+    comm = comm_ms(profile.split_wire, rate_mbit, delay_ms, profile.split_mqtt.mean)
     zero = np.zeros(1)
     total = offloaded_times(device, server, comm)
     comm_p95 = mixture_quantile([(local, zero), (off, np.array([comm]))], 0.95)
@@ -128,7 +131,7 @@ def _server_only(profile: RunProfile, rate_mbit: float, delay_ms: float) -> Pred
     """Every sample's raw view goes to the server, which runs the whole model."""
     server = np.asarray(profile.server_only.samples_ms)
     wire = profile.server_only_wire
-    comm = comm_ms(wire, rate_mbit, delay_ms)
+    comm = comm_ms(wire, rate_mbit, delay_ms, profile.server_only_mqtt.mean)
     return Prediction(
         run=profile.run,
         mode=SERVER_ONLY,

@@ -4,7 +4,9 @@ folder (RUN/profiles/<device>-<link>.json) for reuse.
 Times come from two timing children (planning/timer.py), both at host speed: the device
 section's layers, then scaled by `Calibration.slowdown(device)` (the factor the emulated run
 dilates the device's inference by, runtime/device.py: one mechanism in both), and the server's.
-The device's protocol work (encoding, MQTT, its Python) is not in the profile: the emulated run
+The MQTT path's round trip (two broker hops, both clients' work) is measured on a private
+loopback broker (planning/overhead.py). The device's other protocol work (encoding, its Python)
+is not in the profile: the emulated run
 does it at host speed, where it is small next to the link (docs/planning.md). Exit rates and
 accuracy per threshold come from the validation split, through evaluate's sweep; bytes from
 the wire format (planning/wire.py); device RAM and flash from the C export's footprint,
@@ -24,14 +26,14 @@ from typing import Any
 import numpy as np
 
 from ddnn.config import to_dict
-from ddnn.emulation.calibrate import Calibration
-from ddnn.emulation.calibrate import calibrate as calibrate_host
+from ddnn.emulation.calibrate import Calibration, host_calibration
 from ddnn.emulation.profiles import DeviceProfile, LinkProfile
 from ddnn.errors import DdnnError
 from ddnn.evaluate.calibrate import sweep
 from ddnn.evaluate.runner import collect_outputs, evaluate_outputs
 from ddnn.model.hierarchy import HierarchicalModel
 from ddnn.model.outputs import payload_bytes
+from ddnn.planning.overhead import mqtt_round_trip
 from ddnn.planning.records import LayerTime, RunProfile, ThresholdRow, Timing
 from ddnn.planning.timer import time_layers
 from ddnn.planning.wire import server_only_wire, split_wire
@@ -94,22 +96,26 @@ def profile_run(
     *,
     repeats: int = DEFAULT_REPEATS,
     remeasure: bool = False,
+    recalibrate: bool = False,
     limit: int | None = None,
 ) -> RunProfile:
     """The profile of `run_dir` on `device` and `link`: the stored one (`stored_profile`)
-    unless `remeasure`, else measured now (calibrating the host first when `calibration` is
-    None) and stored."""
+    unless `remeasure` or it was measured under another calibration than the host's current
+    one, else measured now and stored. `calibration` None: the host's shared one
+    (emulation/calibrate.py `host_calibration`, measured again if `recalibrate`)."""
     if repeats < 5:
         raise DdnnError(f"repeats must be at least 5 for a p95, got {repeats}")
     stored = _checked(run_dir)
     path = profile_path(run_dir, device, link)
     key = _key(stored, device, link, repeats)
+    calibration = calibration or host_calibration(remeasure=recalibrate)
     if not remeasure:
         found = _stored_profile(path, key)
-        if found is not None:
+        if found is not None and found.calibration.get("host_gflops") == calibration.host_gflops:
             log.info("reusing %s", path)
             return found
-    calibration = calibration or calibrate_host()
+        if found is not None:
+            log.info("%s was measured under another calibration: measuring again", path)
     profile = _measure(stored, device, calibration, key, repeats=repeats, limit=limit)
     replace_files(Path(run_dir), {f"{PROFILES_DIR}/{path.name}": json_bytes(profile.to_dict())})
     return profile
@@ -155,6 +161,7 @@ def _measure(
     layers = [LayerTime(x["section"], x["layer"], "device", _timing(x)) for x in dev_layers]
     layers += [LayerTime(x["section"], x["layer"], "server", _timing(x)) for x in srv_layers]
     rows, cloud_only, samples = _threshold_rows(stored, model, limit)
+    wire, only_wire = split_wire(model), server_only_wire(model)
     ram, flash = _footprint(model)
     return RunProfile(
         run=run,
@@ -171,14 +178,16 @@ def _measure(
         server=_per_sample(upper, repeats),
         server_only=_per_sample(srv_layers, repeats),
         exit_bytes=_exit_bytes(model),
-        split_wire=split_wire(model),
-        server_only_wire=server_only_wire(model),
+        split_wire=wire,
+        server_only_wire=only_wire,
         thresholds=tuple(rows),
         cloud_only_accuracy=cloud_only,
         validation_samples=samples,
         device_ram_bytes=ram,
         device_flash_bytes=flash,
         measured_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        split_mqtt=mqtt_round_trip(wire, repeats) if wire is not None else Timing(()),
+        server_only_mqtt=mqtt_round_trip(only_wire, repeats),
     )
 
 

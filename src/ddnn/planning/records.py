@@ -11,7 +11,7 @@ import numpy as np
 from ddnn.config import from_dict, to_dict
 from ddnn.errors import DdnnError
 
-FORMAT = "ddnn-profile/2"  # 2: device times dilated, not quota-limited
+FORMAT = "ddnn-profile/3"  # 2: device times dilated; 3: MQTT round trips, best-speed calibration
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,9 @@ class RunProfile:
     device_ram_bytes: int | None  # static RAM of the C export; None: not exportable
     device_flash_bytes: int | None  # const weights of the C export
     measured_at: str = ""
+    # one offload's QoS-1 request/reply through a loopback broker (planning/overhead.py), ms
+    split_mqtt: Timing = Timing(())  # with split_wire's sizes (empty without a device)
+    server_only_mqtt: Timing = Timing(())  # with server_only_wire's sizes
 
     def to_dict(self) -> dict[str, Any]:
         doc = {"format": FORMAT} | to_dict(self)
@@ -108,6 +111,8 @@ class RunProfile:
             "device_ms": self.device.summary(),
             "server_ms": self.server.summary(),
             "server_only_ms": self.server_only.summary(),
+            "split_mqtt_ms": self.split_mqtt.summary(),
+            "server_only_mqtt_ms": self.server_only_mqtt.summary(),
             "sections_ms": [
                 {"section": s, "where": w, **t.summary()} for s, w, t in self.section_times()
             ],

@@ -23,9 +23,14 @@ def profile_text(profile: RunProfile, link: Any) -> str:
         f"{profile.model} ({profile.run}) on {dev.get('name')} ({dev.get('gflops')} GFLOPS) "
         f"and {link.name} ({link.rate_mbit:g} Mbit/s, {link.delay_ms:g} ms one way)",
         f"calibration: host {cal.get('host_gflops', float('nan')):.3g} GFLOPS on "
-        f"{cal.get('workload', '?')} at {cal.get('measured_at', '?')}; device times = host "
-        f"times x {profile.slowdown:.3g} (the run's dilation); "
+        f"{cal.get('workload', '?')} at {cal.get('measured_at', '?')} "
+        f"({cal.get('source', 'measured')}; median timing {cal.get('median_gflops', 0):.3g} "
+        f"GFLOPS); device times = host times x {profile.slowdown:.3g} (the run's dilation); "
         f"{profile.repeats} samples one at a time, measured {profile.measured_at}",
+        "MQTT request/reply round trip through a relay and a loopback broker (added to "
+        f"T_comm): split "
+        f"{profile.split_mqtt.mean:.2f} ms mean, server-only "
+        f"{profile.server_only_mqtt.mean:.2f} ms mean",
         "",
         markdown_table(LAYER_COLUMNS, profile.layer_rows()),
         "",

@@ -129,6 +129,7 @@ def emulation_text(emulation: dict[str, Any] | None) -> str:
     if cal:
         lines.append(
             f"- calibration: this host {cal['host_gflops']:.1f} GFLOPS on {cal['workload']} "
-            f"(spread {cal['spread'] * 100:.0f} %, {cal['measured_at']})"
+            f"(spread {cal['spread'] * 100:.0f} %, {cal['measured_at']}; "
+            f"{cal.get('source', 'measured')})"
         )
     return "\n".join(lines)
