@@ -97,3 +97,16 @@ def test_set_delay_changes_the_pacing_rate_live(rate):
     sink.server.close()
     floor = DELAY + serialization_s(SIZE, rate)
     assert floor - 0.0005 <= took <= floor + SLACK_S, (took, floor)
+
+
+def test_closing_with_a_connection_open_logs_no_error(caplog):
+    """close() cancels the open connections; asyncio used to log each cancelled one as an
+    error ("Exception in callback ... CancelledError")."""
+    sink = _Sink()
+    with caplog.at_level("ERROR"):
+        with DelayRelay(("127.0.0.1", 0), sink.address, 0.0) as relay:
+            client = socket.create_connection(relay.address)
+            client.sendall(b"x")
+            sink.when(1)
+        client.close()
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text

@@ -153,6 +153,10 @@ class DelayRelay:
             await asyncio.gather(
                 self._pump(reader, up_writer), self._pump(up_reader, writer)
             )  # fmt: skip
+        except asyncio.CancelledError:
+            # close() cancels open connections; asyncio's stream callback asks this task for its
+            # exception and would log a cancelled one as an error, so end it normally
+            pass
         finally:
             for w in (writer, up_writer):
                 w.close()
