@@ -76,7 +76,8 @@ def test_a_profile_is_measured_stored_and_reused(run, fast, monkeypatch):
     # its round trip holds the server's own time, which the reply reports
     for path in (p.split_path, p.server_only_path):
         assert len(path.round_trip.samples_ms) == len(path.server.samples_ms) == 6
-        assert all(t > s > 0 for t, s in zip(path.round_trip.samples_ms, path.server.samples_ms))
+        pairs = zip(path.round_trip.samples_ms, path.server.samples_ms, strict=True)
+        assert all(trip > server > 0 for trip, server in pairs)
 
     def no_timing(*args, **kwargs):
         raise AssertionError("measured again")
