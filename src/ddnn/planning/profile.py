@@ -37,6 +37,7 @@ from ddnn.planning.overhead import Offload, server_paths
 from ddnn.planning.records import LayerTime, RunProfile, ServerPath, ThresholdRow, Timing
 from ddnn.planning.timer import time_layers
 from ddnn.planning.wire import server_only_wire, split_wire
+from ddnn.runtime.protocol import DEVICE_SERVER, SERVER_ONLY
 from ddnn.store.artifact import StoredModel, open_model
 from ddnn.store.durable import json_bytes, replace_files
 
@@ -194,7 +195,7 @@ def _measure(
     )
 
 
-SPLIT_PATH, SERVER_ONLY_PATH = "split", "server-only"
+SPLIT_PATH, SERVER_ONLY_PATH = DEVICE_SERVER, SERVER_ONLY  # the two deployments' paths
 
 
 def _offloads(stored: StoredModel, split: bool, device_s: float) -> dict[str, Offload]:
