@@ -13,13 +13,13 @@ from ddnn.planning.choose import Budgets, choose, pareto_front
 from ddnn.planning.predict import (
     SERVER_ONLY,
     SPLIT,
-    comm_ms,
+    link_ms,
     mixture_quantile,
     predict,
     predict_all,
     weighted_quantile,
 )
-from ddnn.planning.records import RunProfile, ThresholdRow, Timing, WireBytes
+from ddnn.planning.records import RunProfile, ServerPath, ThresholdRow, Timing, WireBytes
 
 # 1000 + 250 bytes on the wire: 10 000 bits; at 10 Mbit/s 1 ms, plus 2 x 5 ms of delay
 WIRE = WireBytes(900, 940, 1000, 200, 220, 250)
@@ -41,6 +41,9 @@ def make_profile(**changes) -> RunProfile:
         ),
         cloud_only_accuracy=0.91, validation_samples=100, device_ram_bytes=4096,
         device_flash_bytes=2048,
+        # the server path with no link: the server's reply says all of it was its own work
+        split_path=ServerPath(Timing((2.0,) * 4), Timing((2.0,) * 4)),
+        server_only_path=ServerPath(Timing((3.0,) * 4), Timing((3.0,) * 4)),
     )  # fmt: skip
     return RunProfile(**(fields | changes))
 
@@ -48,9 +51,9 @@ def make_profile(**changes) -> RunProfile:
 LINK = SimpleNamespace(rate_mbit=10.0, delay_ms=5.0)
 
 
-def test_comm_time_is_the_round_trip_bytes_at_the_rate_plus_the_delay_twice():
-    assert comm_ms(WIRE, 10.0, 5.0) == pytest.approx(1.0 + 10.0)
-    assert comm_ms(WIRE, 100.0, 0.0) == pytest.approx(0.1)
+def test_the_link_time_is_the_round_trip_bytes_at_the_rate_plus_the_delay_twice():
+    assert link_ms(WIRE, 10.0, 5.0) == pytest.approx(1.0 + 10.0)
+    assert link_ms(WIRE, 100.0, 0.0) == pytest.approx(0.1)
 
 
 def test_weighted_quantile_is_the_smallest_value_reaching_the_weight():
@@ -154,14 +157,33 @@ def test_a_profile_round_trips_through_its_json():
     assert RunProfile.from_dict(profile.to_dict()) == profile
 
 
-def test_the_mqtt_round_trip_is_added_to_every_offload():
-    # split: link 11 ms + MQTT mean (3+5)/2 = 4 ms -> 15 ms per offload, a quarter offloaded;
-    # server-only: 2150 B at 10 Mbit/s = 1.72 ms + 10 ms delay + 6 ms MQTT = 17.72 ms, + 3 ms
-    profile = make_profile(split_mqtt=Timing((3.0, 5.0)), server_only_mqtt=Timing((6.0,)))
-    assert comm_ms(WIRE, 10.0, 5.0, 4.0) == pytest.approx(15.0)
-    split = predict(profile, LINK, 0.5)
-    assert split.t_comm_ms.mean == pytest.approx(0.25 * 15.0)
-    assert split.t_total_ms.mean == pytest.approx(2.0 + 0.25 * (15.0 + 2.0))
+def test_the_server_path_replaces_the_layer_times_and_is_counted_once():
+    # split: round trips {3, 5} ms of which the server's reply reports 1 ms each; link 11 ms.
+    # An offload: 11 + 4 = 15 ms on average, T_server 1, T_comm 11 + (4 - 1) = 14; the
+    # profile's layer time (server = 2 ms) is display only.
+    # server-only: 2150 B at 10 Mbit/s = 1.72 ms + 10 ms delay; round trip 6 ms, server 4.5 ms
+    profile = make_profile(
+        split_path=ServerPath(Timing((3.0, 5.0)), Timing((1.0, 1.0))),
+        server_only_path=ServerPath(Timing((6.0,)), Timing((4.5,))),
+    )
+    split = predict(profile, LINK, 0.5)  # a quarter offloaded
+    assert split.t_server_ms.mean == pytest.approx(0.25 * 1.0)
+    assert split.t_comm_ms.mean == pytest.approx(0.25 * 14.0)
+    assert split.t_total_ms.mean == pytest.approx(2.0 + 0.25 * 15.0)
+    assert split.t_total_ms.mean == pytest.approx(
+        split.t_device_ms.mean + split.t_comm_ms.mean + split.t_server_ms.mean
+    )
+    # offloaded totals: device {1,1,1,5} + {3,5} + 11 = {15 x 3, 17 x 3, 19, 21}, 0.25 / 8
+    # each; local {1 x 3, 5}, 0.75 / 4 each. Cumulative: 1 0.5625, 5 0.75, 15 0.84375,
+    # 17 0.9375, 19 0.96875: the p95 is 19 ms
+    assert split.t_total_ms.p95 == pytest.approx(19.0)
+    assert split.t_comm_ms.p95 == pytest.approx(15.0)  # per request: 11 + 5 - 1
     only = predict(profile, LINK, None, SERVER_ONLY)
-    assert only.t_comm_ms.mean == pytest.approx(17.72)
-    assert only.t_total_ms.mean == pytest.approx(20.72)
+    assert only.t_server_ms.mean == pytest.approx(4.5)
+    assert only.t_comm_ms.mean == pytest.approx(11.72 + 1.5)
+    assert only.t_total_ms.mean == pytest.approx(17.72)
+
+
+def test_a_profile_without_a_server_path_asks_to_measure_again():
+    with pytest.raises(DdnnError, match="--remeasure"):
+        predict(make_profile(server_only_path=ServerPath()), LINK, None, SERVER_ONLY)

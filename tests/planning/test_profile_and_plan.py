@@ -72,6 +72,12 @@ def test_a_profile_is_measured_stored_and_reused(run, fast, monkeypatch):
     assert p.device_ram_bytes and p.device_flash_bytes
     assert [r.threshold for r in p.thresholds][:2] == [0.0, 0.025] and p.validation_samples == 40
     assert p.thresholds[-1].local_exit_fraction >= p.thresholds[0].local_exit_fraction
+    # the server path: a real `ddnn serve` answered the device's features and the raw views;
+    # its round trip holds the server's own time, which the reply reports
+    for path in (p.split_path, p.server_only_path):
+        assert len(path.round_trip.samples_ms) == len(path.server.samples_ms) == 6
+        pairs = zip(path.round_trip.samples_ms, path.server.samples_ms, strict=True)
+        assert all(trip > server > 0 for trip, server in pairs)
 
     def no_timing(*args, **kwargs):
         raise AssertionError("measured again")

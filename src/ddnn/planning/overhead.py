@@ -1,61 +1,113 @@
-"""The MQTT path's own time per offload: a QoS-1 request and its reply through a private
-Mosquitto on loopback, between two clients of the runtime's transport, with the request and
-reply sizes of the design; the device's client connects through the emulation's relay with no
-delay and no rate, as an emulated device's does through one with them.
-
-The link model (predict.comm_ms) counts the bytes at the link's rate and its delay; a real
-offload also crosses the broker twice (request to the server, reply back), the relay's
-per-chunk work both ways, and both clients' MQTT work. This floor is that part: measured where
-the link adds nothing, and added to T_comm as it is (docs/planning.md).
+"""The server path of one offload, measured as a run pays it: a private Mosquitto, a real
+`ddnn serve` process on the run (the server config a run starts it with), and a device-side
+Requester that connects through the emulation's relay with no delay and no rate, as an emulated
+device's does through one with them. It sends the design's real requests (the device's own
+features, or raw views for server-only, encoded by the device's code) one at a time and times
+each from encoding the request to having the reply: the broker's two hops, the relay, both
+clients' MQTT work and the server process's own per-request work (receive, decode, checks,
+dispatch, the layers, the reply). The link model (predict.link_ms) adds only what the link adds:
+the bytes at its rate and its delay both ways (docs/planning.md).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
+import tempfile
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from ddnn.errors import DdnnError
-from ddnn.planning.records import Timing, WireBytes
+from ddnn.planning.records import ServerPath, Timing
+from ddnn.runtime.client import Requester
+from ddnn.runtime.frames import Reply, Request, Tensor
+from ddnn.runtime.protocol import default_device_id, request_topic
 
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
-REQUEST, REPLY = "ddnn/plan/request", "ddnn/plan/reply"
 WARMUP = 5
 TIMEOUT_S = 10.0
 
 
-def mqtt_round_trip(wire: WireBytes, repeats: int) -> Timing:
-    """`repeats` request/reply round trips (ms) with `wire`'s frame sizes, one after another."""
+@dataclass(frozen=True)
+class Offload:
+    """One configuration's requests: to `section`, one per input, built by `encode` inside the
+    timed span (the device encodes each request after its inference)."""
+
+    section: int
+    inputs: Sequence[Any]  # what the device has when it sends (a view, or view and features)
+    encode: Callable[[Any], Tensor]
+    idle_s: float = 0.0  # pause between requests: a split device computes between offloads
+
+
+def server_paths(
+    run_dir: str | Path, offloads: dict[str, Offload], repeats: int
+) -> dict[str, ServerPath]:
+    """Each offload's `repeats` round trips (after WARMUP) through one real server."""
     from ddnn.emulation.relay import DelayRelay
     from ddnn.runtime.broker import MosquittoBroker
+    from ddnn.runtime.config import ServerConfig, to_argv
+    from ddnn.runtime.processes import Process
     from ddnn.runtime.transport import create_transport
+    from ddnn.store.artifact import open_model
 
-    request, reply = b"q" * wire.request_frame, b"r" * wire.reply_frame
-    answered = threading.Event()
+    stored = open_model(run_dir)
     with (
+        tempfile.TemporaryDirectory(prefix="ddnn-path-") as logs,
         MosquittoBroker() as broker,
         DelayRelay((LOOPBACK, 0), (LOOPBACK, broker.port), 0.0) as relay,
     ):
         assert relay.address is not None
-        device = create_transport(f"mqtt://{LOOPBACK}:{relay.address[1]}")
-        server = create_transport(broker.url)
+        serve = ["serve", str(run_dir), "--broker", broker.url, *to_argv(ServerConfig())]
+        server = Process("server", serve, Path(logs), True)
         try:
-            server.subscribe(REQUEST, lambda _t, _p: server.publish(REPLY, reply))
-            device.subscribe(REPLY, lambda _t, _p: answered.set())
-            times = []
-            for i in range(WARMUP + repeats):
-                answered.clear()
-                start = time.perf_counter()
-                device.publish(REQUEST, request)
-                if not answered.wait(TIMEOUT_S):
-                    raise DdnnError(f"no reply through {broker.url} within {TIMEOUT_S:g} s")
-                if i >= WARMUP:  # the first ones also wait for the subscriptions to settle
-                    times.append((time.perf_counter() - start) * 1000)
+            server.wait_ready()
+            device_id = default_device_id(0)
+            url = f"mqtt://{LOOPBACK}:{relay.address[1]}"
+            with (
+                create_transport(url) as transport,
+                Requester(transport, device_id) as requester,
+            ):
+                timed = _Timed(requester, stored.name, stored.version, device_id)
+                found = {k: timed.path(o, repeats) for k, o in offloads.items()}
         finally:
-            device.close()
-            server.close()
-    found = Timing(tuple(times))
-    log.info("MQTT round trip through a relay on loopback: median %.2f ms", found.median)
+            server.stop()
+    for key, path in found.items():
+        log.info(
+            "server path (%s): round trip mean %.2f ms, server %.2f ms",
+            key, path.round_trip.mean, path.server.mean,
+        )  # fmt: skip
     return found
+
+
+@dataclass
+class _Timed:
+    requester: Requester
+    model: str
+    version: int
+    device_id: str
+
+    def path(self, offload: Offload, repeats: int) -> ServerPath:
+        requester = self.requester
+        topic = request_topic(self.model, offload.section, self.device_id)
+        trips, server = [], []
+        for i in range(WARMUP + repeats):
+            time.sleep(offload.idle_s)
+            item = offload.inputs[i % len(offload.inputs)]
+            start = time.perf_counter()
+            rid = requester.next_id()
+            request = Request(
+                rid, self.model, self.version, self.device_id, i, offload.section,
+                (offload.encode(item),),
+            )  # fmt: skip
+            pending, _ = requester.send(topic, request)
+            answer = requester.wait(rid, pending, TIMEOUT_S)
+            if not isinstance(answer, Reply):
+                raise DdnnError(f"the server did not answer a request to {topic}: {answer}")
+            if i >= WARMUP:  # the first ones load the model and warm the caches
+                trips.append((time.perf_counter() - start) * 1000)
+                server.append(answer.queue_ms + answer.compute_ms)
+        return ServerPath(Timing(tuple(trips)), Timing(tuple(server)))

@@ -1,11 +1,14 @@
 """The planner's arithmetic: from a profile, a link and a threshold to the times, bytes and
 accuracy a deployment would see. Pure functions on numbers, so every formula has a unit test.
 
-A sample that exits on the device costs T_device; one that is offloaded costs T_device + T_comm +
-T_server, where T_comm is the link (bytes at its rate, its delay both ways) plus the MQTT path's
-measured round trip on loopback. The p95 of T_total is the p95 of that mixture (weights: the
-local-exit fraction and the rest), never a sum of the parts' p95s, which would count the slow tail
-of every part at once.
+A sample that exits on the device costs T_device; one that is offloaded costs T_device + the
+link (bytes at its rate, its delay both ways) + the server path, one round trip through a real
+server with no link (planning/overhead.py), which holds the broker, both clients and the server
+process's work and layers, so nothing is counted twice. The path is split as a run records it:
+T_server is the queue and compute time the server's reply reports, T_comm the link plus the rest
+of the round trip. The p95 of T_total is the p95 of that mixture (weights: the local-exit
+fraction and the rest), never a sum of the parts' p95s, which would count the slow tail of every
+part at once.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from ddnn.planning.records import RunProfile, ThresholdRow, WireBytes
+from ddnn.errors import DdnnError
+from ddnn.planning.records import RunProfile, ServerPath, ThresholdRow, WireBytes
 from ddnn.runtime.protocol import DEVICE_SERVER, SERVER_ONLY
 
 SPLIT = DEVICE_SERVER
@@ -72,20 +76,28 @@ def mixture_quantile(parts: Sequence[tuple[float, np.ndarray]], q: float) -> flo
     return weighted_quantile(values, weights, q)
 
 
-def offloaded_times(device: np.ndarray, server: np.ndarray, comm_ms: float) -> np.ndarray:
-    """Every device time with every server time (independent draws) plus the link's time: the
-    distribution of an offloaded sample's total. Thinned evenly past MAX_PAIRS pairs."""
-    totals = (device[:, None] + server[None, :]).ravel() + comm_ms
+def offloaded_times(device: np.ndarray, path: np.ndarray, link: float) -> np.ndarray:
+    """Every device time with every server-path round trip (independent draws) plus the link's
+    time: the distribution of an offloaded sample's total. Thinned evenly past MAX_PAIRS."""
+    totals = (device[:, None] + path[None, :]).ravel() + link
     if len(totals) > MAX_PAIRS:
         totals = np.sort(totals)[:: int(np.ceil(len(totals) / MAX_PAIRS))]
     return totals
 
 
-def comm_ms(wire: WireBytes, rate_mbit: float, delay_ms: float, mqtt_ms: float = 0.0) -> float:
-    """One offload over the link: request and reply bytes on the wire at the link's rate, plus
-    the one-way delay twice (there and back), plus `mqtt_ms`, the MQTT path's own mean round
-    trip (two broker hops and both clients' work, measured on loopback: planning/overhead.py)."""
-    return wire.round_trip_wire * 8 / (rate_mbit * 1e6) * 1e3 + 2 * delay_ms + mqtt_ms
+def link_ms(wire: WireBytes, rate_mbit: float, delay_ms: float) -> float:
+    """What the link adds to one offload: request and reply bytes on the wire at its rate, plus
+    the one-way delay twice (there and back)."""
+    return wire.round_trip_wire * 8 / (rate_mbit * 1e6) * 1e3 + 2 * delay_ms
+
+
+def _path(path: ServerPath, link: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(round trips, T_server, T_comm) per measured request, the link added to T_comm."""
+    trip = np.asarray(path.round_trip.samples_ms, dtype=np.float64)
+    server = np.asarray(path.server.samples_ms, dtype=np.float64)
+    if not len(trip) or len(trip) != len(server):
+        raise DdnnError("the profile has no server path; measure it again with --remeasure")
+    return trip, server, link + trip - server
 
 
 def predict_row(
@@ -100,22 +112,24 @@ def predict_row(
     local = row.local_exit_fraction
     off = 1.0 - local
     device = np.asarray(profile.device.samples_ms)
-    server = np.asarray(profile.server.samples_ms)
-    comm = comm_ms(profile.split_wire, rate_mbit, delay_ms, profile.split_mqtt.mean)
+    link = link_ms(profile.split_wire, rate_mbit, delay_ms)
+    trip, server, comm = _path(profile.split_path, link)
     zero = np.zeros(1)
-    total = offloaded_times(device, server, comm)
-    comm_p95 = mixture_quantile([(local, zero), (off, np.array([comm]))], 0.95)
-    server_p95 = mixture_quantile([(local, zero), (off, server)], 0.95)
+    total = offloaded_times(device, trip, link)
     return Prediction(
         run=profile.run,
         mode=SPLIT,
         threshold=row.threshold,
         local_exit_fraction=local,
         t_device_ms=Stat(float(device.mean()), float(np.percentile(device, 95))),
-        t_comm_ms=Stat(off * comm, comm_p95),
-        t_server_ms=Stat(off * float(server.mean()), server_p95),
+        t_comm_ms=Stat(
+            off * float(comm.mean()), mixture_quantile([(local, zero), (off, comm)], 0.95)
+        ),
+        t_server_ms=Stat(
+            off * float(server.mean()), mixture_quantile([(local, zero), (off, server)], 0.95)
+        ),
         t_total_ms=Stat(
-            float(device.mean()) + off * (comm + float(server.mean())),
+            float(device.mean()) + off * (link + float(trip.mean())),
             mixture_quantile([(local, device), (off, total)], 0.95),
         ),
         frame_bytes_per_sample=off * profile.split_wire.request_frame,
@@ -127,20 +141,24 @@ def predict_row(
     )
 
 
+def _stat(values: np.ndarray, plus: float = 0.0) -> Stat:
+    return Stat(float(values.mean()) + plus, float(np.percentile(values, 95)) + plus)
+
+
 def _server_only(profile: RunProfile, rate_mbit: float, delay_ms: float) -> Prediction:
     """Every sample's raw view goes to the server, which runs the whole model."""
-    server = np.asarray(profile.server_only.samples_ms)
     wire = profile.server_only_wire
-    comm = comm_ms(wire, rate_mbit, delay_ms, profile.server_only_mqtt.mean)
+    link = link_ms(wire, rate_mbit, delay_ms)
+    trip, server, comm = _path(profile.server_only_path, link)
     return Prediction(
         run=profile.run,
         mode=SERVER_ONLY,
         threshold=None,
         local_exit_fraction=0.0,
         t_device_ms=Stat(0.0, 0.0),
-        t_comm_ms=Stat(comm, comm),
-        t_server_ms=Stat(float(server.mean()), float(np.percentile(server, 95))),
-        t_total_ms=Stat(comm + float(server.mean()), comm + float(np.percentile(server, 95))),
+        t_comm_ms=_stat(comm),
+        t_server_ms=_stat(server),
+        t_total_ms=_stat(trip, link),
         frame_bytes_per_sample=float(wire.request_frame),
         mqtt_bytes_per_sample=float(wire.request_mqtt),
         wire_bytes_per_sample=float(wire.round_trip_wire),

@@ -4,10 +4,10 @@ folder (RUN/profiles/<device>-<link>.json) for reuse.
 Times come from two timing children (planning/timer.py), both at host speed: the device
 section's layers, then scaled by `Calibration.slowdown(device)` (the factor the emulated run
 dilates the device's inference by, runtime/device.py: one mechanism in both), and the server's.
-The MQTT path's round trip (two broker hops, both clients' work) is measured on a private
-loopback broker (planning/overhead.py). The device's other protocol work (encoding, its Python)
-is not in the profile: the emulated run
-does it at host speed, where it is small next to the link (docs/planning.md). Exit rates and
+The offload's path beyond the link (the device's encoding, the broker, the relay, the server
+process's own work and its layers, the reply) is measured through a real `ddnn serve` on a
+private broker with the design's real requests (planning/overhead.py); the per-layer server
+times stay in the profile for display (docs/planning.md). Exit rates and
 accuracy per threshold come from the validation split, through evaluate's sweep; bytes from
 the wire format (planning/wire.py); device RAM and flash from the C export's footprint,
 computed without a compiler.
@@ -33,10 +33,11 @@ from ddnn.evaluate.calibrate import sweep
 from ddnn.evaluate.runner import collect_outputs, evaluate_outputs
 from ddnn.model.hierarchy import HierarchicalModel
 from ddnn.model.outputs import payload_bytes
-from ddnn.planning.overhead import mqtt_round_trip
-from ddnn.planning.records import LayerTime, RunProfile, ThresholdRow, Timing
+from ddnn.planning.overhead import Offload, server_paths
+from ddnn.planning.records import LayerTime, RunProfile, ServerPath, ThresholdRow, Timing
 from ddnn.planning.timer import time_layers
 from ddnn.planning.wire import server_only_wire, split_wire
+from ddnn.runtime.protocol import DEVICE_SERVER, SERVER_ONLY
 from ddnn.store.artifact import StoredModel, open_model
 from ddnn.store.durable import json_bytes, replace_files
 
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 PROFILES_DIR = "profiles"
 DEFAULT_REPEATS = 200
+OFFLOAD_INPUTS = 50  # validation samples whose real requests the server path is timed with
 
 
 def profile_path(run_dir: str | Path, device: DeviceProfile, link: LinkProfile) -> Path:
@@ -163,6 +165,8 @@ def _measure(
     rows, cloud_only, samples = _threshold_rows(stored, model, limit)
     wire, only_wire = split_wire(model), server_only_wire(model)
     ram, flash = _footprint(model)
+    device_s = _per_sample(dev_layers, repeats).mean / 1e3
+    paths = server_paths(run, _offloads(stored, wire is not None, device_s), repeats)
     return RunProfile(
         run=run,
         model=stored.name,
@@ -186,9 +190,30 @@ def _measure(
         device_ram_bytes=ram,
         device_flash_bytes=flash,
         measured_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        split_mqtt=mqtt_round_trip(wire, repeats) if wire is not None else Timing(()),
-        server_only_mqtt=mqtt_round_trip(only_wire, repeats),
+        split_path=paths.get(SPLIT_PATH, ServerPath()),
+        server_only_path=paths[SERVER_ONLY_PATH],
     )
+
+
+SPLIT_PATH, SERVER_ONLY_PATH = DEVICE_SERVER, SERVER_ONLY  # the two deployments' paths
+
+
+def _offloads(stored: StoredModel, split: bool, device_s: float) -> dict[str, Offload]:
+    """The design's real requests: raw views for server-only and, with a device section, the
+    device's own features of the same validation samples, encoded by the device's code; the
+    split device computes `device_s` between offloads, so its requests are paced by that."""
+    from ddnn.export.engines import create_engine
+    from ddnn.model.views import device_view
+    from ddnn.runtime.device import offload_tensor, view_tensor
+
+    images = stored.data_source().load(val_fraction=0.1).val.head(OFFLOAD_INPUTS).images
+    views = device_view(images.float().div(255), stored.spec, 0).numpy()  # [N, C, h, w]
+    found = {SERVER_ONLY_PATH: Offload(0, list(views), view_tensor)}
+    if split:
+        engine = create_engine("torch", stored.folder)
+        rows = [(v, engine.run(v[None])[1][0]) for v in views]  # (view, its features row)
+        found[SPLIT_PATH] = Offload(1, rows, lambda r: offload_tensor(engine, *r), device_s)
+    return found
 
 
 def _dilated(layer: dict[str, Any], slowdown: float) -> dict[str, Any]:

@@ -11,7 +11,9 @@ import numpy as np
 from ddnn.config import from_dict, to_dict
 from ddnn.errors import DdnnError
 
-FORMAT = "ddnn-profile/3"  # 2: device times dilated; 3: MQTT round trips, best-speed calibration
+# 2: device times dilated; 3: MQTT round trips, best-speed calibration; 4: the real server's
+# path (planning/overhead.py) instead of an MQTT echo
+FORMAT = "ddnn-profile/4"
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,17 @@ class WireBytes:
 
 
 @dataclass(frozen=True)
+class ServerPath:
+    """One offload through a real `ddnn serve` with no link (planning/overhead.py), per request:
+    `round_trip` from the device encoding its request to having the reply decoded, and
+    `server`, the queue and compute time the reply reports (what a run records as T_server;
+    the rest of the round trip is what it records in T_comm beyond the link)."""
+
+    round_trip: Timing = Timing(())
+    server: Timing = Timing(())
+
+
+@dataclass(frozen=True)
 class ThresholdRow:
     """Exit behaviour at one threshold (the same at every early exit) on the validation split."""
 
@@ -90,8 +103,8 @@ class RunProfile:
     repeats: int
     layers: tuple[LayerTime, ...]
     device: Timing  # per sample: the whole device section (body and exit), dilated
-    server: Timing  # per sample: every upper section on the server (it runs them all)
-    server_only: Timing  # per sample: the whole model on the server (server-only mode)
+    server: Timing  # per sample: every upper section's layers on the server, back to back
+    server_only: Timing  # per sample: the whole model's layers on the server, back to back
     exit_bytes: dict[str, int]  # payload bytes one sample carries past each cut (section name)
     split_wire: WireBytes | None  # device+server: the offload request; None without a device
     server_only_wire: WireBytes  # server-only: the raw view
@@ -101,9 +114,10 @@ class RunProfile:
     device_ram_bytes: int | None  # static RAM of the C export; None: not exportable
     device_flash_bytes: int | None  # const weights of the C export
     measured_at: str = ""
-    # one offload's QoS-1 request/reply through a loopback broker (planning/overhead.py), ms
-    split_mqtt: Timing = Timing(())  # with split_wire's sizes (empty without a device)
-    server_only_mqtt: Timing = Timing(())  # with server_only_wire's sizes
+    # one offload through the real server, no link (planning/overhead.py): what T_comm (beyond
+    # the link) and T_server are predicted from; `server` and `server_only` are for display
+    split_path: ServerPath = ServerPath()  # the device's features (empty without a device)
+    server_only_path: ServerPath = ServerPath()  # raw views to the whole model
 
     def to_dict(self) -> dict[str, Any]:
         doc = {"format": FORMAT} | to_dict(self)
@@ -111,8 +125,8 @@ class RunProfile:
             "device_ms": self.device.summary(),
             "server_ms": self.server.summary(),
             "server_only_ms": self.server_only.summary(),
-            "split_mqtt_ms": self.split_mqtt.summary(),
-            "server_only_mqtt_ms": self.server_only_mqtt.summary(),
+            "split_path_ms": self.split_path.round_trip.summary(),
+            "server_only_path_ms": self.server_only_path.round_trip.summary(),
             "sections_ms": [
                 {"section": s, "where": w, **t.summary()} for s, w, t in self.section_times()
             ],

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ddnn.planning.predict import predict_all
-from ddnn.planning.records import RunProfile
+from ddnn.planning.records import RunProfile, ServerPath
 from ddnn.runtime.protocol import SERVER_ONLY
 from ddnn.tables import markdown_table
 
@@ -15,6 +15,14 @@ THRESHOLD_COLUMNS = (
     "T", "local exit", "accuracy", "payload B/sample", "MQTT B/sample", "T_total mean ms",
     "T_total p95 ms",
 )  # fmt: skip
+
+
+def _path(path: ServerPath) -> str:
+    trip = path.round_trip
+    return (
+        f"round trip median {trip.median:.2f} / mean {trip.mean:.2f} / p95 {trip.p95:.2f} ms "
+        f"(server's own {path.server.mean:.2f} ms mean)"
+    )
 
 
 def profile_text(profile: RunProfile, link: Any) -> str:
@@ -27,10 +35,9 @@ def profile_text(profile: RunProfile, link: Any) -> str:
         f"({cal.get('source', 'measured')}; median timing {cal.get('median_gflops', 0):.3g} "
         f"GFLOPS); device times = host times x {profile.slowdown:.3g} (the run's dilation); "
         f"{profile.repeats} samples one at a time, measured {profile.measured_at}",
-        "MQTT request/reply round trip through a relay and a loopback broker (added to "
-        f"T_comm): split "
-        f"{profile.split_mqtt.mean:.2f} ms mean, server-only "
-        f"{profile.server_only_mqtt.mean:.2f} ms mean",
+        "server path (a real `ddnn serve` through a relay and a loopback broker, no link; "
+        f"the planner adds the link to it): split {_path(profile.split_path)}; server-only "
+        f"{_path(profile.server_only_path)}",
         "",
         markdown_table(LAYER_COLUMNS, profile.layer_rows()),
         "",
@@ -41,9 +48,9 @@ def profile_text(profile: RunProfile, link: Any) -> str:
         "",
         "per sample: device section on the device "
         + _stat(profile.device.summary())
-        + "; upper sections on the server "
+        + "; upper sections' layers on the server, back to back (display only) "
         + _stat(profile.server.summary())
-        + "; whole model on the server (server-only) "
+        + "; whole model's layers (server-only, display only) "
         + _stat(profile.server_only.summary()),
         "payload bytes past each section: "
         + ", ".join(f"{k} {v} B" for k, v in profile.exit_bytes.items()),

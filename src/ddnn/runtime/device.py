@@ -67,6 +67,23 @@ class Record:
         return asdict(self)
 
 
+def view_tensor(view: np.ndarray) -> Tensor:
+    """A raw view [C, h, w] in [0, 1] as sent upward: one byte a value, [1, C, h, w]."""
+    return encode_tensor(view[None], Encoding.UNIT8, name="x")
+
+
+def offload_tensor(engine: DeviceEngine, view: np.ndarray, feats: np.ndarray) -> Tensor:
+    """What a device sends upward for one sample: its features (`feats`: the engine's output
+    row, packed bits or floats), or for Big-Little its view [C, h, w]. Also used by the planner
+    (planning/overhead.py), so a profile times the same encoding."""
+    if engine.model.spec.sections[1].input == "raw":  # Big-Little: the big net sees the input
+        return view_tensor(view)
+    shape = (1, *engine.feature_shape)  # one device row: the edge or server fuses
+    if engine.binary_features:
+        return Tensor("x", Encoding.BITS, shape, feats.tobytes())
+    return encode_tensor(feats.reshape(shape), Encoding.FLOAT32, name="x")
+
+
 class DeviceClient(Service):
     """An end device. `infer(view)` answers one sample; use it from applications, or let
     `ddnn device` stream a dataset through it. Its engine loads at construction; `start()` (or
@@ -154,7 +171,7 @@ class DeviceClient(Service):
         note = self._follow(frame_id) if self.follower is not None else ""
         t0 = time.perf_counter()
         if self.engine is None:  # server-only, or a model without a device section
-            tensors = (encode_tensor(view[None], Encoding.UNIT8, name="x"),)  # [1, C, h, w]
+            tensors = (view_tensor(view),)
             rec = self._offload(tensors, 0, frame_id, t0, 0.0, None)
         else:
             rec = self._device_first(view, frame_id, t0)
@@ -210,13 +227,7 @@ class DeviceClient(Service):
                 self.device_id, frame_id, local.predicted, 0, local.predicted, False, "ok",
                 device_ms, 0.0, 0.0, device_ms,
             )  # fmt: skip
-        shape = (1, *self.engine.feature_shape)  # one device row: the edge or server fuses
-        if model.spec.sections[1].input == "raw":  # Big-Little: the big net sees the input
-            x = encode_tensor(view[None], Encoding.UNIT8, name="x")  # [1, C, h, w]
-        elif self.engine.binary_features:
-            x = Tensor("x", Encoding.BITS, shape, feats[0].tobytes())
-        else:
-            x = encode_tensor(feats.reshape(shape), Encoding.FLOAT32, name="x")
+        x = offload_tensor(self.engine, view, feats[0])
         if self.multi:  # scores first (DDNN's 4|C| bytes a device); features if the edge asks
             scores = encode_tensor(logits[0], Encoding.FLOAT32, name="scores")
             return self._offload((scores,), 1, frame_id, t0, device_ms, local, features=x)
