@@ -70,13 +70,18 @@ static void sleep_s(double s)
     nanosleep(&t, NULL);
 }
 
+static void vsay(const char *fmt, va_list ap)
+{
+    fprintf(stderr, "ddnn_agent: ");
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+}
+
 static void say(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "ddnn_agent: ");
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    vsay(fmt, ap);
     va_end(ap);
 }
 
@@ -84,9 +89,7 @@ static int die(int code, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "ddnn_agent: ");
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    vsay(fmt, ap);
     va_end(ap);
     exit(code);
 }
