@@ -59,7 +59,7 @@ def test_the_table_shows_both_sides_and_the_errors_in_one_row_per_design():
     lines = table.splitlines()
     assert len(lines) == 4 and lines[0].startswith("| design | threshold | samples |")
     assert "110.00 / 100.00 | +10.0 %" in lines[2] and "165.00 / 150.00 | +10.0 %" in lines[2]
-    assert "90.0 / 90.0 | +0.0 | met |" in lines[2]
+    assert "90.0 / 90.0 | +0.0 | 3.0 | met |" in lines[2]  # SE: sqrt(0.9 x 0.1 / 100 samples)
 
 
 def test_measured_figures_come_from_the_deployment_rows():

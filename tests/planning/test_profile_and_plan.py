@@ -15,7 +15,8 @@ from ddnn.emulation.profiles import load_device_profile, load_link_profile
 from ddnn.errors import DdnnError
 from ddnn.planning import profile as profile_module
 from ddnn.planning import sweep as sweep_module
-from ddnn.planning.predict import predict
+from ddnn.planning.overhead import server_paths
+from ddnn.planning.predict import link_ms, predict
 from ddnn.planning.profile import profile_path, profile_run
 from ddnn.planning.sweep import read_sweep, train_candidates
 from ddnn.store.artifact import open_model
@@ -106,10 +107,22 @@ def test_device_times_are_host_times_times_the_runs_slowdown(run, tmp_path, monk
         return [{"section": s, "layer": "0", "samples_ms": host_ms[where]} for s in sections]
 
     monkeypatch.setattr(profile_module, "time_layers", fake_layers)
+    paced = {}
+
+    def recording_paths(run_dir, offloads, repeats):
+        paced.update({k: o.idle_s for k, o in offloads.items()})
+        return server_paths(run_dir, offloads, repeats)
+
+    monkeypatch.setattr(profile_module, "server_paths", recording_paths)
     p = profile_run(run, device, link, CALIBRATION, repeats=5, limit=20)
     assert p.slowdown == CALIBRATION.slowdown(device) == 50.0
     assert p.device.samples_ms == (50.0, 100.0, 150.0, 200.0, 250.0)
     assert p.server.samples_ms == (0.5,) * 5  # the server runs at host speed
+    # the server idles between offloads as in a run: the link both ways (and the device's time)
+    only_link = link_ms(p.server_only_wire, link.rate_mbit, link.delay_ms)
+    split_link = link_ms(p.split_wire, link.rate_mbit, link.delay_ms)
+    assert paced["server-only"] == pytest.approx(only_link / 1e3) and only_link > 4.0
+    assert paced["device+server"] == pytest.approx((150.0 + split_link) / 1e3)
 
 
 @pytest.mark.slow

@@ -9,12 +9,14 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from ddnn.errors import DdnnError
 from ddnn.runtime.broker import MosquittoBroker, find_mosquitto
 from ddnn.runtime.transport import mqtt_client_names
+from ddnn.store.artifact import load_model, save_model
 
 
 def _children() -> set[int]:
@@ -124,3 +126,12 @@ def inbox() -> Inbox:
 def make_inbox() -> type[Inbox]:
     """For tests that need several inboxes."""
     return Inbox
+
+
+@pytest.fixture(scope="module")
+def offloading(tiny_ddnn, tmp_path_factory) -> Path:
+    """tiny_ddnn with a local threshold of 0: every sample goes to the server, so every sample
+    meets the fault (and has a local answer to fall back on)."""
+    model = load_model(tiny_ddnn)
+    model.spec = model.spec.with_thresholds({"device": 0.0})
+    return save_model(model, tmp_path_factory.mktemp("offloading") / "run")

@@ -62,6 +62,15 @@ class Check:
         return 100.0 * (self.predicted.accuracy - self.measured.accuracy)
 
     @property
+    def accuracy_se_points(self) -> float:
+        """The measured accuracy's standard error over `samples` (binomial), in points: a
+        difference within about two of these is what sampling alone gives (nan: no samples)."""
+        if self.samples <= 0:
+            return math.nan
+        a = self.measured.accuracy
+        return 100.0 * math.sqrt(a * (1.0 - a) / self.samples)
+
+    @property
     def misses(self) -> list[str]:
         """The targets this design misses, each saying by how much (empty: all met)."""
         out = []
@@ -107,7 +116,8 @@ def _pct(x: float) -> str:
 COLUMNS = (
     "design", "threshold", "samples",
     "T_total mean ms pred / meas", "err", "p95 ms pred / meas", "err",
-    "bytes/sample pred / meas", "err", "accuracy pred / meas", "diff (points)", "targets",
+    "bytes/sample pred / meas", "err", "accuracy pred / meas", "diff (points)",
+    "meas. SE (points)", "targets",
 )  # fmt: skip
 
 
@@ -119,7 +129,7 @@ def _row(c: Check) -> list[Any]:
         f"{p.p95_total_ms:.2f} / {m.p95_total_ms:.2f}", _pct(c.p95_error),
         f"{p.bytes_per_sample:.1f} / {m.bytes_per_sample:.1f}", _pct(c.bytes_error),
         f"{100 * p.accuracy:.1f} / {100 * m.accuracy:.1f}", f"{c.accuracy_points:+.1f}",
-        "met" if not c.misses else "missed",
+        f"{c.accuracy_se_points:.1f}", "met" if not c.misses else "missed",
     ]  # fmt: skip
 
 

@@ -40,7 +40,7 @@ class Offload:
     section: int
     inputs: Sequence[Any]  # what the device has when it sends (a view, or view and features)
     encode: Callable[[Any], Tensor]
-    idle_s: float = 0.0  # pause between requests: a split device computes between offloads
+    idle_s: float = 0.0  # pause before each request: the device computing, the link both ways
 
 
 def server_paths(

@@ -34,7 +34,15 @@ from ddnn.evaluate.runner import collect_outputs, evaluate_outputs
 from ddnn.model.hierarchy import HierarchicalModel
 from ddnn.model.outputs import payload_bytes
 from ddnn.planning.overhead import Offload, server_paths
-from ddnn.planning.records import LayerTime, RunProfile, ServerPath, ThresholdRow, Timing
+from ddnn.planning.predict import link_ms
+from ddnn.planning.records import (
+    FORMAT,
+    LayerTime,
+    RunProfile,
+    ServerPath,
+    ThresholdRow,
+    Timing,
+)
 from ddnn.planning.timer import time_layers
 from ddnn.planning.wire import server_only_wire, split_wire
 from ddnn.runtime.protocol import DEVICE_SERVER, SERVER_ONLY
@@ -118,7 +126,7 @@ def profile_run(
             return found
         if found is not None:
             log.info("%s was measured under another calibration: measuring again", path)
-    profile = _measure(stored, device, calibration, key, repeats=repeats, limit=limit)
+    profile = _measure(stored, device, link, calibration, key, repeats=repeats, limit=limit)
     replace_files(Path(run_dir), {f"{PROFILES_DIR}/{path.name}": json_bytes(profile.to_dict())})
     return profile
 
@@ -129,6 +137,9 @@ def _stored_profile(path: Path, key: dict[str, Any]) -> RunProfile | None:
         return None
     try:
         doc = json.loads(path.read_text())
+        if isinstance(doc, dict) and doc.get("format") != FORMAT and "format" in doc:
+            log.info("%s is %s, not %s: measuring again", path, doc["format"], FORMAT)
+            return None
         profile = RunProfile.from_dict(doc, str(path))
     except (json.JSONDecodeError, UnicodeDecodeError, DdnnError) as exc:
         log.warning("%s is unreadable (%s): measuring again", path, exc)
@@ -143,6 +154,7 @@ def _stored_profile(path: Path, key: dict[str, Any]) -> RunProfile | None:
 def _measure(
     stored: StoredModel,
     device: DeviceProfile,
+    link: LinkProfile,
     calibration: Calibration,
     key: dict[str, Any],
     *,
@@ -166,7 +178,12 @@ def _measure(
     wire, only_wire = split_wire(model), server_only_wire(model)
     ram, flash = _footprint(model)
     device_s = _per_sample(dev_layers, repeats).mean / 1e3
-    paths = server_paths(run, _offloads(stored, wire is not None, device_s), repeats)
+    # between two offloads a run's server sits idle while the device computes and the bytes
+    # cross the link both ways: the path is paced so, and its caches are as cold as in the run
+    gaps = {SERVER_ONLY_PATH: link_ms(only_wire, link.rate_mbit, link.delay_ms) / 1e3}
+    if wire is not None:
+        gaps[SPLIT_PATH] = device_s + link_ms(wire, link.rate_mbit, link.delay_ms) / 1e3
+    paths = server_paths(run, _offloads(stored, gaps), repeats)
     return RunProfile(
         run=run,
         model=stored.name,
@@ -198,21 +215,21 @@ def _measure(
 SPLIT_PATH, SERVER_ONLY_PATH = DEVICE_SERVER, SERVER_ONLY  # the two deployments' paths
 
 
-def _offloads(stored: StoredModel, split: bool, device_s: float) -> dict[str, Offload]:
-    """The design's real requests: raw views for server-only and, with a device section, the
-    device's own features of the same validation samples, encoded by the device's code; the
-    split device computes `device_s` between offloads, so its requests are paced by that."""
+def _offloads(stored: StoredModel, gaps: dict[str, float]) -> dict[str, Offload]:
+    """The design's real requests: raw views for server-only and, with a device section (a
+    SPLIT_PATH gap), the device's own features of the same validation samples, encoded by the
+    device's code; each path's requests `gaps` seconds apart, as a run sends them."""
     from ddnn.export.engines import create_engine
     from ddnn.model.views import device_view
     from ddnn.runtime.device import offload_tensor, view_tensor
 
     images = stored.data_source().load(val_fraction=0.1).val.head(OFFLOAD_INPUTS).images
     views = device_view(images.float().div(255), stored.spec, 0).numpy()  # [N, C, h, w]
-    found = {SERVER_ONLY_PATH: Offload(0, list(views), view_tensor)}
-    if split:
+    found = {SERVER_ONLY_PATH: Offload(0, list(views), view_tensor, gaps[SERVER_ONLY_PATH])}
+    if SPLIT_PATH in gaps:
         engine = create_engine("torch", stored.folder)
         rows = [(v, engine.run(v[None])[1][0]) for v in views]  # (view, its features row)
-        found[SPLIT_PATH] = Offload(1, rows, lambda r: offload_tensor(engine, *r), device_s)
+        found[SPLIT_PATH] = Offload(1, rows, lambda r: offload_tensor(engine, *r), gaps[SPLIT_PATH])
     return found
 
 

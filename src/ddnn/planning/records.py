@@ -13,7 +13,7 @@ from ddnn.errors import DdnnError
 
 # 2: device times dilated; 3: MQTT round trips, best-speed calibration; 4: the real server's
 # path (planning/overhead.py) instead of an MQTT echo
-FORMAT = "ddnn-profile/4"
+FORMAT = "ddnn-profile/5"
 
 
 @dataclass(frozen=True)
