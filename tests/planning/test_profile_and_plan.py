@@ -100,11 +100,15 @@ def test_device_times_are_host_times_times_the_runs_slowdown(run, tmp_path, monk
     slow.write_text(FAST.replace("gflops = 100000.0", "gflops = 2.0"))
     device, link = load_device_profile(slow), load_link_profile("wifi")
     host_ms = {"device": [1.0, 2.0, 3.0, 4.0, 5.0], "server": [0.5] * 5}
+    cpu_ms = [0.5, 2.0, 3.0, 4.0, 5.0]  # the first sample waited 0.5 ms for a core
 
     def fake_layers(run_dir, where, *, repeats, idle_factor=0.0):
         assert idle_factor == (49.0 if where == "device" else 0.0)
         sections = ["device"] if where == "device" else ["device", "cloud"]
-        return [{"section": s, "layer": "0", "samples_ms": host_ms[where]} for s in sections]
+        return [
+            {"section": s, "layer": "0", "samples_ms": host_ms[where], "cpu_ms": cpu_ms}
+            for s in sections
+        ]
 
     monkeypatch.setattr(profile_module, "time_layers", fake_layers)
     paced = {}
@@ -116,13 +120,14 @@ def test_device_times_are_host_times_times_the_runs_slowdown(run, tmp_path, monk
     monkeypatch.setattr(profile_module, "server_paths", recording_paths)
     p = profile_run(run, device, link, CALIBRATION, repeats=5, limit=20)
     assert p.slowdown == CALIBRATION.slowdown(device) == 50.0
-    assert p.device.samples_ms == (50.0, 100.0, 150.0, 200.0, 250.0)
+    # as `dilated` makes a run's device take: wall + (50 - 1) x CPU, a wait is not multiplied
+    assert p.device.samples_ms == (25.5, 100.0, 150.0, 200.0, 250.0)
     assert p.server.samples_ms == (0.5,) * 5  # the server runs at host speed
     # the server idles between offloads as in a run: the link both ways (and the device's time)
     only_link = link_ms(p.server_only_wire, link.rate_mbit, link.delay_ms)
     split_link = link_ms(p.split_wire, link.rate_mbit, link.delay_ms)
     assert paced["server-only"] == pytest.approx(only_link / 1e3) and only_link > 4.0
-    assert paced["device+server"] == pytest.approx((150.0 + split_link) / 1e3)
+    assert paced["device+server"] == pytest.approx((145.1 + split_link) / 1e3)
 
 
 @pytest.mark.slow

@@ -234,8 +234,10 @@ def _offloads(stored: StoredModel, gaps: dict[str, float]) -> dict[str, Offload]
 
 
 def _dilated(layer: dict[str, Any], slowdown: float) -> dict[str, Any]:
-    """A layer timed at host speed, as long as the emulated device takes: x `slowdown`."""
-    return {**layer, "samples_ms": [float(v) * slowdown for v in layer["samples_ms"]]}
+    """A layer timed at host speed, as long as the emulated device takes: its wall time plus
+    (`slowdown` - 1) x its CPU time, what `emulation.cpu.dilated` makes a run's device take."""
+    pairs = zip(layer["samples_ms"], layer["cpu_ms"], strict=True)
+    return {**layer, "samples_ms": [float(w) + (slowdown - 1) * float(c) for w, c in pairs]}
 
 
 def _timing(layer: dict[str, Any]) -> Timing:

@@ -7,10 +7,15 @@ torch thread, as a device or server process does (runtime/cli.py), and times eve
 every repeat, so a sample's time is the sum of its own layers' times. The quota comes after the
 imports because importing torch at 2 % of a core takes minutes; only the timed loop counts.
 
-`idle_factor`: after each sample the child sleeps that multiple of the sample's time, as an
-emulated device sleeps out its dilation (emulation/cpu.py `dilated`) and waits on the network
-between samples. Back to back, a small section runs from warm caches: measured here, deep's
-device section took 0.6 ms of CPU back to back and 1.2-1.6 ms after 10-60 ms of idling.
+Each layer's wall time and its process CPU time are both kept ("samples_ms", "cpu_ms"): an
+emulated device's inference takes its wall time plus (slowdown - 1) x its CPU time
+(emulation/cpu.py `dilated`), so the profile composes the same two (planning/profile.py); wall
+time alone x the slowdown multiplied every moment of waiting for a core on a busy host by 50.
+
+`idle_factor`: after each sample the child sleeps that multiple of the sample's CPU time, as an
+emulated device sleeps out its dilation and waits on the network between samples. Back to
+back, a small section runs from warm caches: measured here, deep's device section took 0.6 ms
+of CPU back to back and 1.2-1.6 ms after 10-60 ms of idling.
 """
 
 from __future__ import annotations
@@ -139,7 +144,8 @@ def _child() -> None:
     sys.stdin.readline()  # "go": the parent has set the quota
     raw = torch.rand(1, *model.spec.view_shape, generator=torch.Generator().manual_seed(0))
     first_raw = {s.name for s in model.spec.sections if s.input == "raw"}
-    samples: list[list[float]] = [[] for _ in steps]
+    wall: list[list[float]] = [[] for _ in steps]
+    cpu: list[list[float]] = [[] for _ in steps]
     idle = float(config.get("idle_factor", 0.0))
     with torch.inference_mode():
         for r in range(config["warmup"] + config["repeats"]):
@@ -147,17 +153,18 @@ def _child() -> None:
             for i, (section, _, fn) in enumerate(steps):
                 if section in first_raw and steps[i][1] == "input":
                     x = raw  # Big-Little's big net reads the raw view
-                t0 = time.perf_counter_ns()
+                c0, t0 = time.process_time_ns(), time.perf_counter_ns()
                 x = fn(x)
-                t1 = time.perf_counter_ns()
-                took += t1 - t0
+                t1, c1 = time.perf_counter_ns(), time.process_time_ns()
+                took += c1 - c0
                 if r >= config["warmup"]:
-                    samples[i].append((t1 - t0) / 1e6)
+                    wall[i].append((t1 - t0) / 1e6)
+                    cpu[i].append((c1 - c0) / 1e6)
             if idle > 0:
                 time.sleep(took / 1e9 * idle)
     layers = [
-        {"section": s, "layer": name, "samples_ms": times}
-        for (s, name, _), times in zip(steps, samples, strict=True)
+        {"section": s, "layer": name, "samples_ms": w, "cpu_ms": c}
+        for (s, name, _), w, c in zip(steps, wall, cpu, strict=True)
     ]
     sys.stdout.write(json.dumps({"layers": layers}))
 
