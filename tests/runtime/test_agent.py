@@ -19,6 +19,7 @@ from ddnn.agent.build import build_agent, check_libmosquitto, ensure_agent
 from ddnn.agent.generate import write_agent
 from ddnn.bench.fuzz import headed_bytes, mutated_frames, random_bytes
 from ddnn.data.datasets import create_dataset
+from ddnn.emulation.cpu import SLOWDOWN_ENV
 from ddnn.errors import DdnnError
 from ddnn.export.fileformat import write_inputs
 from ddnn.model.views import device_view
@@ -136,6 +137,33 @@ def test_the_aarch64_build_runs_under_qemu_against_the_live_broker(
     arm, _ = run_agent([qemu, "-L", "/", str(binary), "--broker", served], *flags, timeout=120)
     host, _ = run_agent([str(agent), "--broker", served], *flags)
     same(arm, host)
+
+
+def test_an_emulated_slowdown_dilates_the_device_time_and_keeps_the_answers(
+    agent, tiny_ddnn, served, tmp_path
+):
+    """DDNN_EMULATED_SLOWDOWN, as `ddnn run --device-profile` sets it: each inference sleeps
+    (slowdown - 1) x its CPU time, inside the device time; the answers stay the same."""
+    xs, labels = views(tiny_ddnn)
+    command = [str(agent), "--broker", served, *feed(tmp_path, xs, labels)]
+    host, _ = run_agent(command)
+    slow, err = run_agent(["env", f"{SLOWDOWN_ENV}=20", *command])
+    same(slow, host)
+    ratio = np.median([r["device_ms"] for r in slow]) / np.median([r["device_ms"] for r in host])
+    # 20x, loosely: the machine is shared, and each sleep's wake-up (and the caches it cools)
+    # adds to an inference of ~0.1 ms; measured 19-37x on a busy 2-core host
+    assert 10 < ratio < 60, ratio
+    assert SLOWDOWN_ENV not in err
+
+
+def test_a_slowdown_that_is_not_a_number_is_ignored_with_one_warning(
+    agent, tiny_ddnn, served, tmp_path
+):
+    xs, labels = views(tiny_ddnn, 4)
+    command = [str(agent), "--broker", served, *feed(tmp_path, xs, labels)]
+    records, err = run_agent(["env", f"{SLOWDOWN_ENV}=fast", *command])
+    assert err.count(f'ignoring {SLOWDOWN_ENV}="fast": not a number') == 1, err
+    same(records, run_agent(command)[0])
 
 
 # -- bad input: one line, a non-zero exit --------------------------------------------------------

@@ -26,6 +26,7 @@ CONFIGS = [
     StreamConfig(samples=5, offset=1, stride=2, rate=4.0, records="r.jsonl"),
     DeploymentConfig(devices=2, samples=9, mode="server-only", workers=1, secure=True),
     DeploymentConfig(mqtt_client="libmosquitto"),
+    DeploymentConfig(device_impl="c", device_profile="pi3", link="wifi"),  # the agent dilates too
     ConnectionConfig(mqtt_client="libmosquitto"),
 ]
 

@@ -148,7 +148,7 @@ class EmulatedDevices:
         else:
             self.notes.append("CPU NOT emulated (no device profile): devices run at host speed")
         self.notes.append(
-            "not emulated: loss, jitter, the device's RAM and cores (one torch thread runs), "
+            "not emulated: loss, jitter, the device's RAM and cores (one thread computes), "
             "its memory bandwidth, and Python overhead's different ratio on ARM; the broker, "
             "server and edge run on this host"
         )
@@ -190,7 +190,7 @@ class EmulatedDevices:
         )
         if not self.cpu_quota:
             self.notes.append(
-                "no CPU quota: the device's work outside inference (encoding, MQTT, its Python) "
+                "no CPU quota: the device's work outside inference (encoding, MQTT, Python if any) "
                 "runs at host speed, an understatement of a real device's"
             )
             return

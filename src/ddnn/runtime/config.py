@@ -387,12 +387,6 @@ class DeploymentConfig:
         _require(self, "device_impl", self.device_impl in DEVICE_IMPLS, " or ".join(DEVICE_IMPLS))
         if self.secure and self.broker:
             raise DdnnError("--secure starts its own broker; drop --broker (or secure that broker)")
-        if self.device_impl == "c" and self.device_profile is not None:
-            raise DdnnError(
-                "--device-profile with --device-impl c is not supported: the C agent does not "
-                "dilate its compute to the profile's speed (only the Python device does); "
-                "emulate its link with --link alone"
-            )
 
     @property
     def modes(self) -> tuple[str, ...]:

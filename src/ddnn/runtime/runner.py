@@ -175,9 +175,9 @@ def _stream(
 
 def _emulation(config: DeploymentConfig, n: int, url: str) -> EmulatedDevices:
     """The emulated devices `--device-profile` / `--link` ask for. The device's compute is
-    emulated by dilating its inference only (runtime/device.py), the same mechanism the planner's
-    profile predicts by (planning/profile.py); no CPU quota, so its other work runs at host
-    speed (docs/emulation.md)."""
+    emulated by dilating its inference only (runtime/device.py, the C agent's ddnn_dilate.c), the
+    mechanism the planner's profile predicts by (planning/profile.py); no CPU quota, so its other
+    work runs at host speed (docs/emulation.md)."""
     from ddnn.emulation.session import EmulatedDevices
 
     device = load_device_profile(config.device_profile) if config.device_profile else None

@@ -3,6 +3,8 @@
  * MQTT (libmosquitto, QoS 1, the wire format of docs/protocol.md) and waits for the answer
  * until a deadline, falling back to the local answer marked degraded, as the Python device
  * (ddnn.runtime.device) does. One JSON record per sample, with the Python device's fields.
+ * Emulated (`ddnn run --device-profile`), its inference is dilated to the profile's speed as
+ * the Python device's is (ddnn_dilate.h).
  *
  *   ddnn_agent (--broker URL | --auth FILE) [--id ID] [--deadline-ms MS] [--threshold T]
  *              [--mode device+server|server-only] [--rate R] [--records FILE]
@@ -26,6 +28,7 @@
 #include "ddnn_access.h"
 #include "ddnn_agent_config.h"
 #include "ddnn_device.h"
+#include "ddnn_dilate.h"
 #include "ddnn_inputs.h"
 #include "ddnn_records.h"
 #include "ddnn_wire.h"
@@ -38,7 +41,7 @@
 typedef struct {
     /* configuration */
     const char *device_id, *url, *records, *ready_file, *start_file;
-    double deadline_s, rate, threshold;
+    double deadline_s, rate, threshold, slowdown; /* slowdown: 0, or emulated (ddnn_dilate.h) */
     int server_only, has_threshold;
     char request_topic[256], reply_topic[256];
     /* connection state */
@@ -61,13 +64,6 @@ static double now_s(void)
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
-static void sleep_s(double s)
-{
-    if (s <= 0) return;
-    struct timespec t = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
-    nanosleep(&t, NULL);
 }
 
 static void vsay(const char *fmt, va_list ap)
@@ -173,7 +169,7 @@ static void pump(double timeout)
             A.backoff = A.backoff * 2 > 8.0 ? 8.0 : A.backoff * 2;
         }
         const double wait = A.next_retry - now_s();
-        sleep_s(wait < timeout ? wait : timeout);
+        ddnn_sleep_s(wait < timeout ? wait : timeout);
         return;
     }
     const int ms = timeout <= 0 ? 0 : (int)ceil(timeout * 1000);
@@ -331,7 +327,9 @@ static void infer(ddnn_record *r, const float *x)
         offload(r, features, DDNN_INPUT_SIZE, DDNN_ENC_UNIT8, view, 0, 0, t0);
         return;
     }
+    const double cpu0 = ddnn_cpu_s();
     const int decision = ddnn_device_run(x, logits, &entropy, &argmax, features);
+    ddnn_dilate(A.slowdown, cpu0); /* as slow as an emulated device's profile, if any */
     r->device_ms = (now_s() - t0) * 1000;
     r->local_predicted = ddnn_device_class(argmax);
     if (decision != DDNN_OFFLOAD) {
@@ -376,6 +374,7 @@ int main(int argc, char **argv)
     A.device_id = DDNN_AGENT_DEVICE_ID;
     A.deadline_s = DDNN_AGENT_DEADLINE_MS / 1000.0;
     A.threshold = DDNN_AGENT_THRESHOLD;
+    A.slowdown = ddnn_slowdown_from_env(); /* set by `ddnn run --device-profile` */
     for (int i = 1; i < argc; i++) {
         const char *arg = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
         if (arg[0] != '-' || strcmp(arg, "-") == 0) {
