@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ddnn.runtime.config import DEVICE_IMPLS
 from ddnn.runtime.transport import mqtt_client_names
 
 
@@ -95,6 +96,7 @@ def cmd_bench_plan(args: argparse.Namespace) -> int:
     result = bench_plan(
         args.candidates, args.out, device_profile=args.device_profile, link=args.link,
         budgets=budgets, samples=args.samples, designs=args.designs, repeats=args.repeats,
+        device_impl=args.device_impl,
     )  # fmt: skip
     print(json.dumps(result.to_dict()) if args.json else bench_plan_text(result))
     return 0
@@ -158,6 +160,11 @@ def _register_codesign(bsub: Any) -> None:
     p.add_argument("--max-device-ram-kb", type=float, help="budget: device static RAM (KiB)")
     p.add_argument("--max-bytes", type=float, help="budget: MQTT bytes sent upward per sample")
     p.add_argument("--designs", type=int, default=3, help="designs run: the recommended first")
+    p.add_argument(
+        "--device-impl", choices=DEVICE_IMPLS, default="python",
+        help="what runs the device in the plan's profiles and in the runs (`ddnn run "
+        "--device-impl`): python (`ddnn device`) or c (the generated C agent)",
+    )  # fmt: skip
     _add_repeats_flag(p)
     p.set_defaults(handler=cmd_bench_plan)
 

@@ -53,13 +53,16 @@ def run_emulated(
     samples: int,
     modes: tuple[str, ...] = MODES,
     reuse: bool = False,
+    device_impl: str = "python",
 ) -> Emulated:
     """`ddnn run RUN --devices 1 --samples N [--threshold T] [--mode M] --device-profile P
-    --link L`: one device, back to back (a sample's time is its own, not a queue's); both modes
-    share one broker, server and emulation. `reuse`: a finished run of the same model, samples,
-    threshold and profiles already in `out_dir` is read instead of run again."""
+    --link L --device-impl I`: one device, back to back (a sample's time is its own, not a
+    queue's); both modes share one broker, server and emulation. `reuse`: a finished run of the
+    same model, samples, threshold, profiles and device implementation already in `out_dir` is
+    read instead of run again."""
     config = DeploymentConfig(
         devices=1,
+        device_impl=device_impl,
         samples=samples,
         mode=modes[0] if len(modes) == 1 else ALL_MODES,
         thresholds=None if threshold is None else (threshold,),
@@ -101,6 +104,7 @@ def _finished(run_dir: str | Path, out: Path, config: DeploymentConfig) -> dict[
         "device": _figures(emulation.get("device_profile")) == _figures(device),
         "link": _figures(emulation.get("link_profile")) == _figures(link),
         "modes": all((out / f"records-{m}.jsonl").is_file() for m in config.modes),
+        "device_impl": report.get("device_impl", "python") == config.device_impl,
     }
     return report if all(same.values()) else None
 

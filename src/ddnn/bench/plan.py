@@ -77,11 +77,13 @@ class PlanBench:
     recommended: str | None
     checks: tuple[Check, ...]
     calibration: dict[str, Any]  # the planner's ("plan") and each run's ("runs")
+    device_impl: str = "python"  # what ran the device, in the plan's profiles and in the runs
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "device_profile": self.device,
             "link_profile": self.link,
+            "device_impl": self.device_impl,
             "recommended": self.recommended,
             "calibration": self.calibration,
             "checks": [
@@ -118,7 +120,8 @@ def check_designs(designs: Sequence[Any], measure: Measure) -> list[Check]:
 
 def bench_plan_text(result: PlanBench) -> str:
     head = (
-        f"predicted vs measured on {result.device} + {result.link} "
+        f"predicted vs measured on {result.device} + {result.link}, device: "
+        f"{'the C agent' if result.device_impl == 'c' else 'the Python device'} "
         f"(recommended: {result.recommended or 'none meets the budgets'})"
     )
     misses = misses_text(result.checks)
@@ -136,15 +139,20 @@ def bench_plan(
     samples: int,
     designs: int = 3,
     repeats: int = 30,
+    device_impl: str = "python",
 ) -> PlanBench:
     """Plan (a profile stored in a run with the same `repeats` is reused), then run the
-    recommendation and `designs - 1` others on `device_profile` + `link` and compare."""
+    recommendation and `designs - 1` others on `device_profile` + `link` and compare; the
+    device is `device_impl`'s (`ddnn run --device-impl`) in both the plan and the runs."""
     from ddnn.bench.emulated import run_emulated
     from ddnn.emulation.profiles import load_device_profile, load_link_profile
     from ddnn.planning.plan import candidate_runs, make_plan
 
     device, link_profile = load_device_profile(device_profile), load_link_profile(link)
-    plan = make_plan(candidate_runs(candidates), device, link_profile, budgets, repeats=repeats)
+    plan = make_plan(
+        candidate_runs(candidates), device, link_profile, budgets, repeats=repeats,
+        device_impl=device_impl,
+    )  # fmt: skip
     recommended = plan.choice.recommended
     picked = pick_designs(plan.predictions, recommended, plan.choice.front, designs)
     calibrations: list[dict[str, Any]] = []
@@ -153,7 +161,7 @@ def bench_plan(
         folder = Path(out_dir) / design_name(p).replace(" ", "_").replace("+", "-")
         found = run_emulated(
             p.run, folder, device_profile=device_profile, link=link, threshold=p.threshold,
-            samples=samples, modes=(p.mode,), reuse=True,
+            samples=samples, modes=(p.mode,), reuse=True, device_impl=device_impl,
         )  # fmt: skip
         calibrations.append(found.report.get("emulation", {}).get("calibration", {}))
         return found.rows[p.mode]
@@ -161,5 +169,5 @@ def bench_plan(
     checks = check_designs(picked, measure)
     return PlanBench(
         device.name, link_profile.name, design_name(recommended) if recommended else None,
-        tuple(checks), {"plan": plan.calibrations, "runs": calibrations},
+        tuple(checks), {"plan": plan.calibrations, "runs": calibrations}, device_impl,
     )  # fmt: skip

@@ -81,13 +81,30 @@ def _parse_median(text: str) -> float:
     return float(match.group(1))
 
 
-def harness_ns(folder: Path, inputs: Path, repeats: int) -> float:
-    """The harness's own median over `repeats` runs of the first input."""
-    cmd = [str(folder / HARNESS), "--time", str(repeats), str(inputs)]
+def _harness_time(folder: Path, inputs: Path, repeats: int, idle_factor: float) -> str:
+    """The harness's --time output (harness.py): a summary line, then one line per run."""
+    cmd = [str(folder / HARNESS), "--time", str(repeats), str(inputs), repr(float(idle_factor))]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=600)
     if result.returncode != 0:
         raise DdnnError(f"timing in the harness failed: {result.stderr.strip()}")
-    return _parse_median(result.stdout)
+    return result.stdout
+
+
+def harness_ns(folder: Path, inputs: Path, repeats: int) -> float:
+    """The harness's own median over `repeats` runs of the first input."""
+    return _parse_median(_harness_time(folder, inputs, repeats, 0.0))
+
+
+def harness_samples(
+    folder: Path, inputs: Path, repeats: int, idle_factor: float = 0.0
+) -> tuple[list[float], list[float]]:
+    """(wall ns, thread CPU ns) of each of `repeats` runs of the first input, in run order,
+    timed inside the harness; after each run it sleeps `idle_factor` x the run's CPU time."""
+    text = _harness_time(folder, inputs, repeats, idle_factor)
+    runs = re.findall(r"^run wall_ns=(\d+) cpu_ns=(\d+)$", text, re.MULTILINE)
+    if len(runs) != repeats:
+        raise DdnnError(f"the harness timed {len(runs)} runs, not {repeats}: rebuild it")
+    return [float(w) for w, _ in runs], [float(c) for _, c in runs]
 
 
 def float_twin(op: Conv, seed: int = 0) -> Conv:

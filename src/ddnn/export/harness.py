@@ -36,7 +36,9 @@ HARNESS_C = f"""\
 /* ddnn_harness: runs the generated device code on a file of inputs.
  *
  *   ddnn_harness INPUT OUTPUT            run every sample of INPUT, write the results to OUTPUT
- *   ddnn_harness --time N INPUT          time N runs of the first sample, print the median in ns
+ *   ddnn_harness --time N INPUT [IDLE]   time N runs of the first sample: print the median in ns,
+ *                                        then each run's wall and thread CPU time in run order;
+ *                                        IDLE: sleep IDLE x a run's CPU time after it (cold caches)
  *   ddnn_harness --check EXPECTED INPUT  compare with golden results; exit 1 on a mismatch
  *
  * Input file, little-endian: "{INPUT_MAGIC.decode()}", uint32 count, uint32 values per sample,
@@ -48,6 +50,7 @@ HARNESS_C = f"""\
  * Exit status: 0 ok, 1 --check found a mismatch, 2 bad usage or malformed file.
  */
 #define _POSIX_C_SOURCE 199309L
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -196,31 +199,56 @@ static int cmd_run(const char *in_path, const char *out_path)
 }}
 
 {TIMING_C}
-static int cmd_time(const char *runs_text, const char *in_path)
+static double cpu_ns(void)
+{{
+    struct timespec t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return (double)t.tv_sec * 1e9 + (double)t.tv_nsec;
+}}
+
+static void idle_ns(double ns)
+{{
+    if (!(ns > 0)) return;
+    struct timespec left = {{(time_t)(ns / 1e9), (long)fmod(ns, 1e9)}};
+    while (nanosleep(&left, &left) == -1 && errno == EINTR) {{}}
+}}
+
+/* RUNS timed runs of the first sample after 20 warm-up ones; each run's wall time (monotonic)
+ * and thread CPU time are kept in run order (the planner composes the two, planning/ctime.py) */
+static int cmd_time(const char *runs_text, const char *in_path, const char *idle_text)
 {{
     char *end = NULL;
     const long runs = strtol(runs_text, &end, 10);
     if (!end || *end || runs < 1) return fail(runs_text, "--time needs a positive number of runs");
+    const double idle = strtod(idle_text, &end);
+    if (!end || *end || !(idle >= 0)) return fail(idle_text, "IDLE must be a number >= 0");
     long count = 0;
     float *x = load_inputs(in_path, &count);
     if (!x) return 2;
-    double *t = malloc((size_t)runs * sizeof(double));
+    double *t = malloc(3 * (size_t)runs * sizeof(double));
+    if (!t) {{
+        free(x);
+        return fail(in_path, "out of memory");
+    }}
+    double *wall = t + runs, *cpu = t + 2 * runs;
     static float logits[DDNN_NUM_LOGITS + 1];
     static uint8_t features[DDNN_FEATURE_BYTES];
     float entropy;
     int argmax;
     volatile int sink = 0;
     for (long i = 0; i < 20; i++) sink += ddnn_device_run(x, logits, &entropy, &argmax, features);
-    for (long i = 0; t && i < runs; i++) {{
-        const double t0 = now_ns();
+    for (long i = 0; i < runs; i++) {{
+        const double c0 = cpu_ns(), t0 = now_ns();
         sink += ddnn_device_run(x, logits, &entropy, &argmax, features);
-        t[i] = now_ns() - t0;
+        wall[i] = t[i] = now_ns() - t0;
+        cpu[i] = cpu_ns() - c0;
+        idle_ns(idle * cpu[i]);
     }}
-    if (!t) return fail(in_path, "out of memory");
     qsort(t, (size_t)runs, sizeof(double), by_value);
     double mean = 0.0;
     for (long i = 0; i < runs; i++) mean += t[i] / (double)runs;
     printf("runs=%ld median_ns=%.0f min_ns=%.0f mean_ns=%.0f\\n", runs, t[runs / 2], t[0], mean);
+    for (long i = 0; i < runs; i++) printf("run wall_ns=%.0f cpu_ns=%.0f\\n", wall[i], cpu[i]);
     free(t);
     free(x);
     (void)sink;
@@ -289,7 +317,7 @@ static int usage(void)
 {{
     fprintf(stderr,
             "usage: ddnn_harness INPUT OUTPUT\\n"
-            "       ddnn_harness --time RUNS INPUT\\n"
+            "       ddnn_harness --time RUNS INPUT [IDLE]\\n"
             "       ddnn_harness --check EXPECTED INPUT\\n"
             "model: %s\\n",
             ddnn_device_model());
@@ -298,8 +326,9 @@ static int usage(void)
 
 int main(int argc, char **argv)
 {{
-    if (argc != 3 && argc != 4) return usage();
-    if (argc == 4 && strcmp(argv[1], "--time") == 0) return cmd_time(argv[2], argv[3]);
+    if (argc < 3 || argc > 5) return usage();
+    if (argc >= 4 && strcmp(argv[1], "--time") == 0)
+        return cmd_time(argv[2], argv[3], argc == 5 ? argv[4] : "0");
     if (argc == 4 && strcmp(argv[1], "--check") == 0) return cmd_check(argv[2], argv[3]);
     if (argc == 3 && argv[1][0] != '-') return cmd_run(argv[1], argv[2]);
     return usage();

@@ -8,7 +8,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ddnn.runtime.config import DEVICE_IMPLS  # loaded for every command (runtime/cli.py)
+
 PROFILE_HELP = "a device profile name (ddnn profile --help lists them) or a TOML file"
+IMPL_HELP = (
+    "what runs the device section, as `ddnn run --device-impl`: python (its torch layers, "
+    "default) or c (its generated C, timed in the export's harness; needs a C compiler and a "
+    "section that lowers to C); each has its own stored profile"
+)
 
 
 def register(sub: Any) -> None:
@@ -41,6 +48,7 @@ def _add_profile_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device-profile", required=True, help=PROFILE_HELP)
     p.add_argument("--link", required=True, help="a link profile name or a TOML file")
     p.add_argument("--repeats", type=int, default=200, help="timed samples per layer")
+    p.add_argument("--device-impl", choices=DEVICE_IMPLS, default="python", help=IMPL_HELP)
     p.add_argument("--remeasure", action="store_true", help="ignore a stored profile")
     p.add_argument("--recalibrate", action="store_true",
                    help="measure the host's speed again (else the cached one, if under a day "
@@ -60,7 +68,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     device, link = _profiles(args)
     profile = profile_run(
         args.run_dir, device, link, repeats=args.repeats, remeasure=args.remeasure,
-        recalibrate=args.recalibrate, limit=args.limit,
+        recalibrate=args.recalibrate, limit=args.limit, device_impl=args.device_impl,
     )  # fmt: skip
     print(json.dumps(profile.to_dict()) if args.json else profile_text(profile, link))
     return 0
@@ -79,7 +87,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     runs = candidate_runs(args.candidates, progress=not args.json)
     plan = make_plan(
         runs, device, link, budgets, repeats=args.repeats, remeasure=args.remeasure,
-        recalibrate=args.recalibrate,
+        recalibrate=args.recalibrate, device_impl=args.device_impl,
     )  # fmt: skip
     if args.png:
         Path(args.png).parent.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ from ddnn.errors import DdnnError
 from ddnn.planning.choose import Budgets, Choice, choose, latency_of
 from ddnn.planning.predict import Prediction, predict_all
 from ddnn.planning.profile import DEFAULT_REPEATS, profile_figures, profile_run
+from ddnn.planning.report import impl_text
 from ddnn.planning.sweep import is_sweep_file, read_sweep, train_candidates
 from ddnn.tables import markdown_table
 
@@ -34,11 +35,13 @@ class Plan:
     budgets: Budgets
     predictions: tuple[Prediction, ...]
     choice: Choice
+    device_impl: str = "python"  # what the device times are for: the Python device or the C agent
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "device_profile": profile_figures(self.device),
             "link_profile": profile_figures(self.link),
+            "device_impl": self.device_impl,
             "calibrations": self.calibrations,
             "budgets": asdict(self.budgets),
             "predictions": [p.to_dict() for p in self.predictions],
@@ -71,17 +74,23 @@ def make_plan(
     repeats: int = DEFAULT_REPEATS,
     remeasure: bool = False,
     recalibrate: bool = False,
+    device_impl: str = "python",
 ) -> Plan:
     """Profile (or reuse the profiles of) `runs` under one calibration (the host's shared one
-    unless given) and choose among their predictions."""
+    unless given) and choose among their predictions; the device times are `device_impl`'s
+    (profile_run)."""
     preds: list[Prediction] = []
     used: dict[str, dict[str, Any]] = {}
     calibration = calibration or host_calibration(remeasure=recalibrate)
     for run in runs:
-        profile = profile_run(run, device, link, calibration, repeats=repeats, remeasure=remeasure)
+        profile = profile_run(
+            run, device, link, calibration, repeats=repeats, remeasure=remeasure,
+            device_impl=device_impl,
+        )  # fmt: skip
         used[str(run)] = profile.calibration
         preds += predict_all(profile, link.rate_mbit, link.delay_ms)
-    return Plan(device, link, used, budgets, tuple(preds), choose(preds, budgets))
+    choice = choose(preds, budgets)
+    return Plan(device, link, used, budgets, tuple(preds), choice, device_impl)
 
 
 def _row(p: Prediction) -> list[Any]:
@@ -102,7 +111,8 @@ def plan_text(plan: Plan) -> str:
     lines = [
         f"device {plan.device.name} ({plan.device.gflops:g} GFLOPS), link {plan.link.name} "
         f"({plan.link.rate_mbit:g} Mbit/s, {plan.link.delay_ms:g} ms one way); host "
-        f"calibrated at {', '.join(host)} GFLOPS (when each run was profiled)",
+        f"calibrated at {', '.join(host)} GFLOPS (when each run was profiled); device times: "
+        f"{impl_text(plan.device_impl)}",
         f"{len(plan.predictions)} predictions; Pareto front (mean T_total vs accuracy; "
         "times in ms, means over all samples):",
         "",

@@ -1,9 +1,10 @@
 """`profile_run`: measure a run on a device and link profile, and keep the result in the run
-folder (RUN/profiles/<device>-<link>.json) for reuse.
+folder (RUN/profiles/<device>-<link>.json; <device>-<link>-c.json for the C agent) for reuse.
 
 Times come from two timing children (planning/timer.py), both at host speed: the device
-section's layers, then scaled by `Calibration.slowdown(device)` (the factor the emulated run
-dilates the device's inference by, runtime/device.py: one mechanism in both), and the server's.
+section's layers (or, for the C agent, its generated C in the harness, planning/ctime.py),
+dilated by `Calibration.slowdown(device)` (as the emulated run dilates the device's inference,
+emulation/cpu.py and agent/c/ddnn_dilate.c: one mechanism in both), and the server's.
 The offload's path beyond the link (the device's encoding, the broker, the relay, the server
 process's own work and its layers, the reply) is measured through a real `ddnn serve` on a
 private broker with the design's real requests (planning/overhead.py); the per-layer server
@@ -33,6 +34,7 @@ from ddnn.evaluate.calibrate import sweep
 from ddnn.evaluate.runner import collect_outputs, evaluate_outputs
 from ddnn.model.hierarchy import HierarchicalModel
 from ddnn.model.outputs import payload_bytes
+from ddnn.planning.ctime import time_c_device
 from ddnn.planning.overhead import Offload, server_paths
 from ddnn.planning.predict import link_ms
 from ddnn.planning.records import (
@@ -45,6 +47,7 @@ from ddnn.planning.records import (
 )
 from ddnn.planning.timer import time_layers
 from ddnn.planning.wire import server_only_wire, split_wire
+from ddnn.runtime.config import DEVICE_IMPLS
 from ddnn.runtime.protocol import DEVICE_SERVER, SERVER_ONLY
 from ddnn.store.artifact import StoredModel, open_model
 from ddnn.store.durable import json_bytes, replace_files
@@ -56,8 +59,13 @@ DEFAULT_REPEATS = 200
 OFFLOAD_INPUTS = 50  # validation samples whose real requests the server path is timed with
 
 
-def profile_path(run_dir: str | Path, device: DeviceProfile, link: LinkProfile) -> Path:
-    return Path(run_dir) / PROFILES_DIR / f"{device.name}-{link.name}.json"
+def profile_path(
+    run_dir: str | Path, device: DeviceProfile, link: LinkProfile, device_impl: str = "python"
+) -> Path:
+    """Where the profile of one device implementation is stored (the Python one's name has no
+    suffix, as before there was a C one)."""
+    suffix = "" if device_impl == "python" else f"-{device_impl}"
+    return Path(run_dir) / PROFILES_DIR / f"{device.name}-{link.name}{suffix}.json"
 
 
 def profile_figures(profile: DeviceProfile | LinkProfile) -> dict[str, Any]:
@@ -81,21 +89,31 @@ def _checked(run_dir: str | Path) -> StoredModel:
     return stored
 
 
-def _key(stored: StoredModel, device: DeviceProfile, link: LinkProfile, repeats: int) -> dict:
+def _key(
+    stored: StoredModel, device: DeviceProfile, link: LinkProfile, repeats: int, device_impl: str
+) -> dict:
     """What a stored profile must have been measured with to be reused."""
+    if device_impl not in DEVICE_IMPLS:
+        allowed = ", ".join(DEVICE_IMPLS)
+        raise DdnnError(f"device_impl must be one of {allowed}, not {device_impl!r}")
     return {
         "model_id": model_id(stored), "host": platform.node(), "repeats": repeats,
         "device_profile": profile_figures(device), "link_profile": profile_figures(link),
+        "device_impl": device_impl,
     }  # fmt: skip
 
 
 def stored_profile(
-    run_dir: str | Path, device: DeviceProfile, link: LinkProfile, repeats: int = DEFAULT_REPEATS
+    run_dir: str | Path,
+    device: DeviceProfile,
+    link: LinkProfile,
+    repeats: int = DEFAULT_REPEATS,
+    device_impl: str = "python",
 ) -> RunProfile | None:
-    """The stored profile of `run_dir` if it was measured for the same weights, profiles, host
-    and repeats; None when there is none or it is stale."""
-    stored = _checked(run_dir)
-    return _stored_profile(profile_path(run_dir, device, link), _key(stored, device, link, repeats))
+    """The stored profile of `run_dir` if it was measured for the same weights, profiles, host,
+    repeats and device implementation; None when there is none or it is stale."""
+    key = _key(_checked(run_dir), device, link, repeats, device_impl)
+    return _stored_profile(profile_path(run_dir, device, link, device_impl), key)
 
 
 def profile_run(
@@ -108,16 +126,19 @@ def profile_run(
     remeasure: bool = False,
     recalibrate: bool = False,
     limit: int | None = None,
+    device_impl: str = "python",
 ) -> RunProfile:
     """The profile of `run_dir` on `device` and `link`: the stored one (`stored_profile`)
     unless `remeasure` or it was measured under another calibration than the host's current
     one, else measured now and stored. `calibration` None: the host's shared one
-    (emulation/calibrate.py `host_calibration`, measured again if `recalibrate`)."""
+    (emulation/calibrate.py `host_calibration`, measured again if `recalibrate`).
+    `device_impl`: what runs the device section, "python" (its torch layers, as `ddnn device`)
+    or "c" (its generated C, as the C agent of `ddnn run --device-impl c`)."""
     if repeats < 5:
         raise DdnnError(f"repeats must be at least 5 for a p95, got {repeats}")
     stored = _checked(run_dir)
-    path = profile_path(run_dir, device, link)
-    key = _key(stored, device, link, repeats)
+    path = profile_path(run_dir, device, link, device_impl)
+    key = _key(stored, device, link, repeats, device_impl)
     calibration = calibration or host_calibration(remeasure=recalibrate)
     if not remeasure:
         found = _stored_profile(path, key)
@@ -144,6 +165,7 @@ def _stored_profile(path: Path, key: dict[str, Any]) -> RunProfile | None:
     except (json.JSONDecodeError, UnicodeDecodeError, DdnnError) as exc:
         log.warning("%s is unreadable (%s): measuring again", path, exc)
         return None
+    doc = {"device_impl": "python"} | doc  # stored before the C agent had profiles: Python's
     stale = [k for k, v in key.items() if doc.get(k) != v]
     if stale:
         log.info("%s was measured with another %s: measuring again", path, ", ".join(stale))
@@ -165,9 +187,13 @@ def _measure(
     model = stored.load()
     slowdown = max(1.0, calibration.slowdown(device))
     dev_layers: list[dict[str, Any]] = []
-    if model.spec.device_section is not None:
+    dev = model.spec.device_section
+    if dev is not None:
         # idling between samples as the dilated device does, so caches are as cold as in the run
-        timed = time_layers(run, "device", repeats=repeats, idle_factor=slowdown - 1)
+        if key["device_impl"] == "c":
+            timed = time_c_device(run, dev.name, repeats=repeats, idle_factor=slowdown - 1)
+        else:
+            timed = time_layers(run, "device", repeats=repeats, idle_factor=slowdown - 1)
         dev_layers = [_dilated(x, slowdown) for x in timed]
     srv_layers = time_layers(run, "server", repeats=repeats)
     dev_names = {s.name for s in model.spec.sections if s.tier == "device"}
@@ -191,6 +217,7 @@ def _measure(
         host=key["host"],
         device_profile=key["device_profile"],
         link_profile=key["link_profile"],
+        device_impl=key["device_impl"],
         calibration=calibration.to_dict(),
         slowdown=slowdown,
         repeats=repeats,
@@ -234,8 +261,9 @@ def _offloads(stored: StoredModel, gaps: dict[str, float]) -> dict[str, Offload]
 
 
 def _dilated(layer: dict[str, Any], slowdown: float) -> dict[str, Any]:
-    """A layer timed at host speed, as long as the emulated device takes: its wall time plus
-    (`slowdown` - 1) x its CPU time, what `emulation.cpu.dilated` makes a run's device take."""
+    """A layer (torch) or a section (C) timed at host speed, as long as the emulated device
+    takes: its wall time plus (`slowdown` - 1) x its CPU time, what `emulation.cpu.dilated`
+    makes a Python device take and `ddnn_dilate` the C agent."""
     pairs = zip(layer["samples_ms"], layer["cpu_ms"], strict=True)
     return {**layer, "samples_ms": [float(w) + (slowdown - 1) * float(c) for w, c in pairs]}
 

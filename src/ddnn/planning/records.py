@@ -44,8 +44,8 @@ class LayerTime:
     """One layer (or a section's exit head, or its input fusion) timed where it would run."""
 
     section: str
-    layer: str  # "0: bconv 32", "exit", "fuse"
-    where: str  # "device" (host time x the profile's slowdown) or "server"
+    layer: str  # "0: bconv 32", "exit", "fuse"; "C: whole section" (the C device, one call)
+    where: str  # "device" (dilated to the profile's speed) or "server"
     time: Timing
 
 
@@ -114,6 +114,9 @@ class RunProfile:
     device_ram_bytes: int | None  # static RAM of the C export; None: not exportable
     device_flash_bytes: int | None  # const weights of the C export
     measured_at: str = ""
+    # what ran the device section: "python" (its torch layers, as `ddnn device`) or "c" (its
+    # generated C in the harness, as the C agent); stored profiles without it are Python's
+    device_impl: str = "python"
     # one offload through the real server, no link (planning/overhead.py): what T_comm (beyond
     # the link) and T_server are predicted from; `server` and `server_only` are for display
     split_path: ServerPath = ServerPath()  # the device's features (empty without a device)

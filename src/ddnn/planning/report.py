@@ -25,6 +25,13 @@ def _path(path: ServerPath) -> str:
     )
 
 
+def impl_text(device_impl: str) -> str:
+    """What the device times are the times of."""
+    if device_impl == "c":
+        return "the C agent's (the generated C, timed in its harness as one call)"
+    return "the Python device's (its torch layers)"
+
+
 def profile_text(profile: RunProfile, link: Any) -> str:
     dev, cal = profile.device_profile, profile.calibration
     lines = [
@@ -33,7 +40,8 @@ def profile_text(profile: RunProfile, link: Any) -> str:
         f"calibration: host {cal.get('host_gflops', float('nan')):.3g} GFLOPS on "
         f"{cal.get('workload', '?')} at {cal.get('measured_at', '?')} "
         f"({cal.get('source', 'measured')}; median timing {cal.get('median_gflops', 0):.3g} "
-        f"GFLOPS); device times = host times x {profile.slowdown:.3g} (the run's dilation); "
+        f"GFLOPS); device times: {impl_text(profile.device_impl)}, host wall + "
+        f"({profile.slowdown:.3g} - 1) x host CPU time (the run's dilation); "
         f"{profile.repeats} samples one at a time, measured {profile.measured_at}",
         "server path (a real `ddnn serve` through a relay and a loopback broker, no link; "
         f"the planner adds the link to it): split {_path(profile.split_path)}; server-only "
