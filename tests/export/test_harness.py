@@ -1,6 +1,7 @@
 """The harness: a malformed input file is rejected with a clear message and exit status 2; a
 result that differs from the golden one makes --check exit 1."""
 
+import re
 import subprocess
 
 import numpy as np
@@ -69,3 +70,11 @@ def test_check_fails_when_the_results_differ(built, tmp_path):
 def test_time_prints_a_median(built):
     result = _harness(built, "--time", 50, built / "golden" / "input.bin")
     assert result.returncode == 0 and "median_ns=" in result.stdout
+
+
+def test_time_prints_each_runs_wall_and_cpu_time_and_can_idle_between_runs(built):
+    result = _harness(built, "--time", 20, built / "golden" / "input.bin", 2.5)
+    runs = re.findall(r"^run wall_ns=(\d+) cpu_ns=(\d+)$", result.stdout, re.MULTILINE)
+    assert result.returncode == 0 and len(runs) == 20 and all(int(w) > 0 for w, _ in runs)
+    bad = _harness(built, "--time", 20, built / "golden" / "input.bin", "-1")
+    assert bad.returncode == 2 and "IDLE" in bad.stderr
