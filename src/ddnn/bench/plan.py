@@ -1,9 +1,10 @@
 """`ddnn bench plan`: the planner's predictions checked against runs on the same emulation.
 
-The planner recommends a design from profiles (layer times, the device's x its slowdown, bytes, exit
-rates on the validation split) and arithmetic. This runs the recommendation and two other
-designs for real: `ddnn run` on the same device profile and link, one device, the same
-threshold, and compares what the devices recorded with what was predicted (`bench/compare.py`).
+The planner recommends a design from profiles (layer times, the device's dilated to its speed,
+bytes, exit rates on the validation split) and arithmetic. This runs the recommendation and two
+other designs for real: `ddnn run` on the same device profile and link, one device of the same
+implementation (`--device-impl`: the Python device or the C agent), the same threshold, and
+compares what the devices recorded with what was predicted (`bench/compare.py`).
 
 Where the two sides differ by construction: the prediction's accuracy is measured on the
 validation split, the run streams the first `samples` of the test split (with 400 samples the
