@@ -55,7 +55,7 @@ def _device(tmp_path: Path, gflops: float) -> Path:
 def no_server(monkeypatch):
     """A server path of fixed times: no broker, no `ddnn serve`."""
 
-    def paths(run_dir, offloads, repeats):
+    def paths(run_dir, offloads, repeats, link):
         return {k: ServerPath(Timing((2.0,) * repeats), Timing((1.0,) * repeats)) for k in offloads}
 
     monkeypatch.setattr(profile_module, "server_paths", paths)
@@ -111,12 +111,11 @@ def test_each_implementation_has_its_own_stored_profile(run, tmp_path, fake_time
     assert fake_timers == []
     c_file.rename(profile_path(run, device, link))  # a C profile where the Python one belongs
     assert stored_profile(run, device, link, 5) is None
-    # a profile stored before there were C profiles (no device_impl) is the Python device's
-    doc = py.to_dict()
+    # a profile of an older format (before C profiles and the linked server path) is stale
+    doc = py.to_dict() | {"format": "ddnn-profile/5"}
     del doc["device_impl"]
     profile_path(run, device, link).write_text(json.dumps(doc))
-    assert stored_profile(run, device, link, 5) == py
-    assert stored_profile(run, device, link, 5, device_impl="c") is None
+    assert stored_profile(run, device, link, 5) is None
     with pytest.raises(DdnnError, match="python, c"):
         stored_profile(run, device, link, 5, device_impl="rust")
 

@@ -187,3 +187,17 @@ def test_the_server_path_replaces_the_layer_times_and_is_counted_once():
 def test_a_profile_without_a_server_path_asks_to_measure_again():
     with pytest.raises(DdnnError, match="--remeasure"):
         predict(make_profile(server_only_path=ServerPath()), LINK, None, SERVER_ONLY)
+
+
+def test_a_path_measured_through_one_link_predicts_another_by_swapping_its_arithmetic():
+    # measured through a link whose arithmetic is 11.72 ms: round trip 19.22 ms, server 4.5.
+    # Predicted for that link: the round trip as measured; for a link with 0.5 ms more delay
+    # each way, 1 ms more; T_comm is the rest of the round trip past T_server in both.
+    only = ServerPath(Timing((19.22,)), Timing((4.5,)), link_ms=11.72)
+    profile = make_profile(server_only_path=only)
+    same = predict(profile, LINK, None, SERVER_ONLY)
+    assert same.t_total_ms.mean == pytest.approx(19.22)
+    assert same.t_comm_ms.mean == pytest.approx(19.22 - 4.5)
+    slower = predict(profile, SimpleNamespace(rate_mbit=10.0, delay_ms=5.5), None, SERVER_ONLY)
+    assert slower.t_total_ms.mean == pytest.approx(20.22)
+    assert slower.t_server_ms.mean == pytest.approx(4.5)

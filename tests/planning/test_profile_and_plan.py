@@ -111,11 +111,12 @@ def test_device_times_are_host_times_times_the_runs_slowdown(run, tmp_path, monk
         ]
 
     monkeypatch.setattr(profile_module, "time_layers", fake_layers)
-    paced = {}
+    paced, through = {}, []
 
-    def recording_paths(run_dir, offloads, repeats):
+    def recording_paths(run_dir, offloads, repeats, link):
         paced.update({k: o.idle_s for k, o in offloads.items()})
-        return server_paths(run_dir, offloads, repeats)
+        through.append(link)
+        return server_paths(run_dir, offloads, repeats, link)
 
     monkeypatch.setattr(profile_module, "server_paths", recording_paths)
     p = profile_run(run, device, link, CALIBRATION, repeats=5, limit=20)
@@ -123,11 +124,17 @@ def test_device_times_are_host_times_times_the_runs_slowdown(run, tmp_path, monk
     # as `dilated` makes a run's device take: wall + (50 - 1) x CPU, a wait is not multiplied
     assert p.device.samples_ms == (25.5, 100.0, 150.0, 200.0, 250.0)
     assert p.server.samples_ms == (0.5,) * 5  # the server runs at host speed
-    # the server idles between offloads as in a run: the link both ways (and the device's time)
+    # the path crosses the emulated link (its relay's delay and rate) and records its
+    # arithmetic; the split's requests are paced by the device's time
+    assert through == [link] and paced == {
+        "server-only": 0.0,
+        "device+server": pytest.approx(0.1451),
+    }
     only_link = link_ms(p.server_only_wire, link.rate_mbit, link.delay_ms)
-    split_link = link_ms(p.split_wire, link.rate_mbit, link.delay_ms)
-    assert paced["server-only"] == pytest.approx(only_link / 1e3) and only_link > 4.0
-    assert paced["device+server"] == pytest.approx((145.1 + split_link) / 1e3)
+    assert p.server_only_path.link_ms == pytest.approx(only_link) and only_link > 4.0
+    assert p.split_path.link_ms == pytest.approx(link_ms(p.split_wire, 25.0, 2.0))
+    # what the relay's 2 ms each way costs is in the round trips
+    assert min(p.server_only_path.round_trip.samples_ms) > 4.0
 
 
 @pytest.mark.slow

@@ -1,12 +1,13 @@
 """The server path of one offload, measured as a run pays it: a private Mosquitto, a real
 `ddnn serve` process on the run (the server config a run starts it with), and a device-side
-Requester that connects through the emulation's relay with no delay and no rate, as an emulated
-device's does through one with them. It sends the design's real requests (the device's own
-features, or raw views for server-only, encoded by the device's code) one at a time and times
-each from encoding the request to having the reply: the broker's two hops, the relay, both
-clients' MQTT work and the server process's own per-request work (receive, decode, checks,
-dispatch, the layers, the reply). The link model (predict.link_ms) adds only what the link adds:
-the bytes at its rate and its delay both ways (docs/planning.md).
+Requester that connects through the emulation's relay with the link's delay and rate, as an
+emulated device's does. It sends the design's real requests (the device's own features, or raw
+views for server-only, encoded by the device's code) one at a time and times each from encoding
+the request to having the reply: the link both ways, the broker's two hops, both clients' MQTT
+work and the server process's own per-request work (receive, decode, checks, dispatch, the
+layers, the reply). The link's arithmetic (predict.link_ms: the bytes at its rate, its delay
+both ways) is recorded beside the round trips, so a prediction for another rate or delay swaps
+it for its own (docs/planning.md).
 """
 
 from __future__ import annotations
@@ -44,9 +45,11 @@ class Offload:
 
 
 def server_paths(
-    run_dir: str | Path, offloads: dict[str, Offload], repeats: int
+    run_dir: str | Path, offloads: dict[str, Offload], repeats: int, link: Any = None
 ) -> dict[str, ServerPath]:
-    """Each offload's `repeats` round trips (after WARMUP) through one real server."""
+    """Each offload's `repeats` round trips (after WARMUP) through one real server, through a
+    relay with `link`'s one-way delay and rate (anything with `delay_ms` and `rate_mbit`, e.g. a
+    LinkProfile) as an emulated device's traffic is, or with neither when `link` is None."""
     from ddnn.emulation.relay import DelayRelay
     from ddnn.runtime.broker import MosquittoBroker
     from ddnn.runtime.config import ServerConfig, to_argv
@@ -58,7 +61,12 @@ def server_paths(
     with (
         tempfile.TemporaryDirectory(prefix="ddnn-path-") as logs,
         MosquittoBroker() as broker,
-        DelayRelay((LOOPBACK, 0), (LOOPBACK, broker.port), 0.0) as relay,
+        DelayRelay(
+            (LOOPBACK, 0),
+            (LOOPBACK, broker.port),
+            link.delay_ms / 1e3 if link else 0.0,
+            rate_bps=link.rate_mbit * 1e6 if link else None,
+        ) as relay,  # fmt: skip
     ):
         assert relay.address is not None
         serve = ["serve", str(run_dir), "--broker", broker.url, *to_argv(ServerConfig())]

@@ -92,8 +92,9 @@ def link_ms(wire: WireBytes, rate_mbit: float, delay_ms: float) -> float:
 
 
 def _path(path: ServerPath, link: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(round trips, T_server, T_comm) per measured request, the link added to T_comm."""
-    trip = np.asarray(path.round_trip.samples_ms, dtype=np.float64)
+    """(round trips without the measured link's arithmetic, T_server, T_comm on `link`) per
+    measured request: the link it was measured through is swapped for `link`."""
+    trip = np.asarray(path.round_trip.samples_ms, dtype=np.float64) - path.link_ms
     server = np.asarray(path.server.samples_ms, dtype=np.float64)
     if not len(trip) or len(trip) != len(server):
         raise DdnnError("the profile has no server path; measure it again with --remeasure")

@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import platform
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -165,7 +166,6 @@ def _stored_profile(path: Path, key: dict[str, Any]) -> RunProfile | None:
     except (json.JSONDecodeError, UnicodeDecodeError, DdnnError) as exc:
         log.warning("%s is unreadable (%s): measuring again", path, exc)
         return None
-    doc = {"device_impl": "python"} | doc  # stored before the C agent had profiles: Python's
     stale = [k for k, v in key.items() if doc.get(k) != v]
     if stale:
         log.info("%s was measured with another %s: measuring again", path, ", ".join(stale))
@@ -204,12 +204,15 @@ def _measure(
     wire, only_wire = split_wire(model), server_only_wire(model)
     ram, flash = _footprint(model)
     device_s = _per_sample(dev_layers, repeats).mean / 1e3
-    # between two offloads a run's server sits idle while the device computes and the bytes
-    # cross the link both ways: the path is paced so, and its caches are as cold as in the run
-    gaps = {SERVER_ONLY_PATH: link_ms(only_wire, link.rate_mbit, link.delay_ms) / 1e3}
-    if wire is not None:
-        gaps[SPLIT_PATH] = device_s + link_ms(wire, link.rate_mbit, link.delay_ms) / 1e3
-    paths = server_paths(run, _offloads(stored, gaps), repeats)
+    # through the emulated link's relay (delay and rate), the split's requests paced by the
+    # device time: the server and both clients idle between requests as long as in a run
+    gaps = {SERVER_ONLY_PATH: 0.0} | ({SPLIT_PATH: device_s} if wire is not None else {})
+    measured = server_paths(run, _offloads(stored, gaps), repeats, link)
+    wires = {SERVER_ONLY_PATH: only_wire, SPLIT_PATH: wire}
+    paths = {
+        k: replace(path, link_ms=link_ms(wires[k], link.rate_mbit, link.delay_ms))
+        for k, path in measured.items()
+    }
     return RunProfile(
         run=run,
         model=stored.name,

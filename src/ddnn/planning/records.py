@@ -13,7 +13,7 @@ from ddnn.errors import DdnnError
 
 # 2: device times dilated; 3: MQTT round trips, best-speed calibration; 4: the real server's
 # path (planning/overhead.py) instead of an MQTT echo
-FORMAT = "ddnn-profile/5"
+FORMAT = "ddnn-profile/6"
 
 
 @dataclass(frozen=True)
@@ -69,13 +69,16 @@ class WireBytes:
 
 @dataclass(frozen=True)
 class ServerPath:
-    """One offload through a real `ddnn serve` with no link (planning/overhead.py), per request:
-    `round_trip` from the device encoding its request to having the reply decoded, and
+    """One offload through a real `ddnn serve` and the emulated link (planning/overhead.py), per
+    request: `round_trip` from the device encoding its request to having the reply decoded, and
     `server`, the queue and compute time the reply reports (what a run records as T_server;
-    the rest of the round trip is what it records in T_comm beyond the link)."""
+    the rest of the round trip is what it records as T_comm). `link_ms`: the link's arithmetic
+    (bytes at its rate, its delay twice) inside each round trip, which a prediction for another
+    rate or delay swaps for its own."""
 
     round_trip: Timing = Timing(())
     server: Timing = Timing(())
+    link_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -115,7 +118,7 @@ class RunProfile:
     device_flash_bytes: int | None  # const weights of the C export
     measured_at: str = ""
     # what ran the device section: "python" (its torch layers, as `ddnn device`) or "c" (its
-    # generated C in the harness, as the C agent); stored profiles without it are Python's
+    # generated C in the harness, as the C agent)
     device_impl: str = "python"
     # one offload through the real server, no link (planning/overhead.py): what T_comm (beyond
     # the link) and T_server are predicted from; `server` and `server_only` are for display
