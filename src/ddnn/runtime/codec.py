@@ -89,12 +89,12 @@ def encode_answer(
     try:
         if request_id < 1:
             raise ValueError("request ids start at 1")
-        head = _reply_head(
-            request_id, Status.OK, exit_index, predicted, entropy, queue_ms, compute_ms
-        )
+        return _ANSWER.pack(
+            MAGIC, VERSION, Kind.REPLY, request_id, Status.OK, exit_index, predicted, entropy,
+            queue_ms, compute_ms, b"\x00\x00",
+        )  # fmt: skip
     except (struct.error, OverflowError, TypeError, ValueError) as exc:
         raise FrameError(f"cannot encode the answer to request {request_id!r}: {exc}") from None
-    return head + b"\x00\x00"  # no missing devices, no tensors
 
 
 def encode_frame(frame: Frame) -> bytes:

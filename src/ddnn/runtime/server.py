@@ -13,7 +13,7 @@ import queue
 import threading
 import time
 from collections import OrderedDict, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
@@ -112,11 +112,7 @@ class _Job:
     arrived: float
     x: np.ndarray  # [*input_shape]
     present: np.ndarray | None  # [D] bool
-    key: tuple[str, int, int, tuple[int, ...]] = field(init=False)
-
-    def __post_init__(self) -> None:
-        r = self.request
-        self.key = (r.model, r.model_version, r.section, tuple(self.x.shape))
+    key: tuple[str, int, int, tuple[int, ...]]  # a batch shares model, version, section, shape
 
 
 class InferenceServer(Service):
@@ -300,7 +296,8 @@ class InferenceServer(Service):
         except RequestError as exc:
             self._reply_error(frame, exc.status, str(exc))
             return None
-        return _Job(frame, item.arrived, x, present)
+        key = (frame.model, frame.model_version, frame.section, shape)  # x.shape == shape
+        return _Job(frame, item.arrived, x, present, key)
 
     def _run_group(self, executor: SectionExecutor, section: int, jobs: list[_Job]) -> None:
         start = time.perf_counter()
