@@ -3,7 +3,9 @@ strategies and checks live in ddnn.bench.fuzz, shared with the longer `ddnn benc
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ddnn.bench.fuzz import (
     check_round_trip,
@@ -13,7 +15,9 @@ from ddnn.bench.fuzz import (
     mutated_frames,
     random_bytes,
 )
-from ddnn.runtime.wire import Frame
+from ddnn.bench.fuzz.strategies import finite32, mutate, mutation_lists, requests, u64
+from ddnn.runtime.codec import _read_answer_fast, _read_request_fast
+from ddnn.runtime.wire import Frame, FrameError, decode_frame, encode_answer, encode_frame
 
 FUZZ = settings(
     max_examples=300,
@@ -45,3 +49,41 @@ def test_random_bytes_behind_a_valid_header(data: bytes) -> None:
 @given(mutated_frames)
 def test_mutated_valid_frames(data: bytes) -> None:
     decode_or_frame_error(data)
+
+
+def _same_as_checked_reader(data: bytes) -> Frame | None:
+    """bytes may take a fast path (requests, answers); a bytearray always takes the checked
+    reader: both give the same frame, or the same error."""
+    try:
+        frame = decode_frame(data)
+    except FrameError as exc:
+        with pytest.raises(FrameError) as checked:
+            decode_frame(bytearray(data))
+        assert str(checked.value) == str(exc)
+        return None
+    assert decode_frame(bytearray(data)) == frame
+    return frame
+
+
+@FUZZ
+@given(requests.map(encode_frame))
+def test_request_fast_path_takes_every_valid_request(data: bytes) -> None:
+    assert _read_request_fast(data) == _same_as_checked_reader(data)
+
+
+answers = st.builds(  # a server's answer: predicted, exit, entropy, queue_ms, compute_ms
+    encode_answer, u64, st.integers(-(2**31), 2**31 - 1), st.integers(0, 255), finite32,
+    finite32, finite32,
+)  # fmt: skip
+
+
+@FUZZ
+@given(answers)
+def test_answer_fast_path_takes_every_answer(data: bytes) -> None:
+    assert _read_answer_fast(data) == _same_as_checked_reader(data)
+
+
+@settings(FUZZ, max_examples=500)
+@given(st.builds(mutate, st.one_of(frames.map(encode_frame), answers), mutation_lists))
+def test_fast_paths_accept_and_refuse_as_the_checked_reader(data: bytes) -> None:
+    _same_as_checked_reader(data)

@@ -4,6 +4,7 @@ wait for the answer until a deadline, falling back to the local answer marked de
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -37,6 +38,8 @@ from ddnn.runtime.wire import (
 from ddnn.store.artifact import open_model
 
 log = logging.getLogger(__name__)
+# an offload's topic: the same few per device (a section and a prefix), checked once each
+_request_topic = functools.lru_cache(maxsize=64)(request_topic)
 
 
 @dataclass
@@ -240,7 +243,7 @@ class DeviceClient(Service):
         """Send, wait until the deadline; when the edge asks (FEATURES), send `features` for
         the same frame and wait for the answer in what is left of the deadline."""
         prefix = EDGE_PREFIX if self.multi else TOPIC_PREFIX
-        topic = request_topic(self.model_name, section, self.device_id, prefix=prefix)
+        topic = _request_topic(self.model_name, section, self.device_id, prefix=prefix)
         frame_bytes = packet_bytes = 0
         answer: Reply | ErrorFrame | None = None
         for attempt in (tensors, (features,) if features is not None else None):

@@ -273,7 +273,8 @@ class MosquittoTransport(BrokerTransport):
             msg = message.contents
             topic = msg.topic.decode()
             payload = ctypes.string_at(msg.payload, msg.payloadlen)
-            sids = libmosq.read_varints(props, libmosq.PROP_SUBSCRIPTION_IDENTIFIER)
+            # untagged subscriptions (see `_start_tagging`) carry no identifiers: not looked for
+            sids = self._tag and libmosq.read_varints(props, libmosq.PROP_SUBSCRIPTION_IDENTIFIER)
         except Exception:
             logger.exception("dropping an undecodable message from %s", self.url)
             return

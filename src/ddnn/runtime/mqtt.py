@@ -219,14 +219,16 @@ class MqttTransport(BrokerTransport):
         reason: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        self._on_puback(mid, reason.value, str(reason))
+        if reason.value:  # success needs no bookkeeping here, nor the reason's text
+            self._on_puback(mid, reason.value, str(reason))
 
     def _paho_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         try:
             topic = message.topic
             payload = bytes(message.payload)  # no-op for bytes; handlers are typed for bytes
-            sids = getattr(message.properties, "SubscriptionIdentifier", None)
+            # untagged subscriptions (see `_start_tagging`) carry no identifiers: not looked for
+            sids = self._tag and getattr(message.properties, "SubscriptionIdentifier", None)
         except Exception:
             logger.exception("dropping an undecodable message from %s", self.url)
             return
-        self._deliver(topic, payload, sids)
+        self._deliver(topic, payload, sids or None)

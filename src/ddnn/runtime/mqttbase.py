@@ -383,7 +383,13 @@ class BrokerTransport(Transport):
     def _handlers_for(self, topic: str, sids: list[int] | None) -> list[Handler]:
         """By the subscription identifiers a delivery carries (the client's filters overlap),
         else by matching the topic against the filters, once per topic: a server sees the same
-        few topics (one per device and section) for every request."""
+        few topics (one per device and section) for every request. A known topic is looked up
+        without the lock: a dict read is atomic, and every change to `_subs` empties `_routes`
+        under the lock, so a lookup sees the table from just before a change or after it."""
+        if not sids:
+            handlers = self._routes.get(topic)
+            if handlers is not None:
+                return handlers
         with self._lock:
             if sids:
                 filters = [self._by_sid.get(sid) for sid in sids]

@@ -7,6 +7,7 @@ here once so the in-memory transport behaves like a real broker in tests.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import re
 import threading
@@ -149,9 +150,19 @@ def _varint_len(value: int) -> int:
     return 1 if value < 128 else 2 if value < 16_384 else 3 if value < 2_097_152 else 4
 
 
+@functools.lru_cache(maxsize=4096)
+def _validated(topic: str) -> None:
+    """`validate_topic` once per topic (a refused one raises every time): a tier publishes to
+    the same few topics on every message."""
+    validate_topic(topic)
+
+
 def check_publish(topic: str, payload: bytes, max_packet_size: int) -> None:
     """Validate a publish before it leaves: brokers drop oversize packets and paho retries them."""
-    validate_topic(topic)
+    if type(topic) is str:
+        _validated(topic)
+    else:
+        validate_topic(topic)  # refuses it
     if not isinstance(payload, bytes | bytearray | memoryview):
         raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
     size = publish_packet_size(topic, len(payload))
