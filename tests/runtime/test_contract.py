@@ -136,3 +136,32 @@ def test_closed_transport_refuses_work(connect: Connect) -> None:
     t.close()
     with pytest.raises(DdnnError, match="closed"):
         t.publish("t", b"x")
+
+
+def test_a_retained_message_reaches_later_subscriptions_until_cleared(
+    connect: Connect, make_inbox: type
+) -> None:
+    pub, early = connect(), make_inbox()
+    connect().subscribe("dd/c/v/+", early)
+    pub.publish("dd/c/v/m", b"v1", retain=True)
+    pub.publish("dd/c/v/m", b"v2", retain=True)  # replaces v1
+    pub.publish("dd/c/v/n", b"n1", retain=True)
+    pub.publish("dd/c/v/m", b"plain")  # not retained: leaves v2 kept
+    sent = [("dd/c/v/m", b"v1"), ("dd/c/v/m", b"v2"), ("dd/c/v/n", b"n1"), ("dd/c/v/m", b"plain")]
+    assert early.take(4) == sent  # current subscribers get each one as usual (and it is stored)
+    # a later subscription gets the last retained message of each topic it matches, wildcards
+    # too (one transport per filter: no filters overlap)
+    exact, wild, other = make_inbox(), make_inbox(), make_inbox()
+    for topic_filter, inbox in [("dd/c/v/m", exact), ("dd/c/#", wild), ("dd/x/#", other)]:
+        connect().subscribe(topic_filter, inbox)
+    assert exact.get() == ("dd/c/v/m", b"v2")
+    assert sorted(wild.take(2)) == [("dd/c/v/m", b"v2"), ("dd/c/v/n", b"n1")]
+    for inbox in (exact, wild, other):
+        inbox.assert_empty(0.1)
+    # an empty retained payload is delivered as usual and clears the topic's message
+    pub.publish("dd/c/v/m", b"", retain=True)
+    assert early.get() == ("dd/c/v/m", b"")
+    cleared = make_inbox()
+    connect().subscribe("dd/c/v/+", cleared)
+    assert cleared.get() == ("dd/c/v/n", b"n1")
+    cleared.assert_empty(0.1)

@@ -206,6 +206,30 @@ def test_a_device_that_cannot_fetch_keeps_its_version_and_says_why(site, version
     assert records[1].rollout == ""  # said once
 
 
+def test_a_device_started_after_a_deploy_moves_to_the_announced_version(site, versions, tmp_path):
+    """The announcement is retained: a device that subscribes after the deploy (started or
+    reconnected late) hears it at once, not only at the next deploy."""
+    assert site.command(DEPLOY, run=str(versions[1])).ok
+    deadline = time.monotonic() + 10
+    while ("ddnn", 1) in site.db.models:  # no device named v1: unloaded after the grace period
+        assert time.monotonic() < deadline, "v1 was never unloaded"
+        time.sleep(0.1)
+    late_run = device_folder(versions[0], tmp_path / "late")
+    config = DeviceConfig(device_id="late", thresholds=(0.0,), follow="mqtt")
+    with create_transport(site.url) as t, DeviceClient(t, late_run, config) as late:
+        deadline = time.monotonic() + 20
+        while late.follower.wants() != 2:  # fetched and prepared, without another deploy
+            assert time.monotonic() < deadline, "the late device never heard of v2"
+            time.sleep(0.05)
+        records = [late.infer(site.xs[i], i) for i in range(4)]
+        assert late.follower.metrics.counter(SWITCHES.name) == 1
+        assert late.follower.metrics.counter(FETCH_FAILURES.name) == 0
+    assert [r.frame_id for r in records] == [0, 1, 2, 3]  # none lost
+    assert all(r.status == "ok" and r.offloaded and r.version == 2 for r in records)
+    assert records[0].rollout == "switched v1 -> v2" and records[1].rollout == ""
+    assert site.db.answered == Counter({2: 4})  # the server answered each with v2
+
+
 def test_a_device_reading_from_the_announced_path_checks_the_spec_hash(broker, versions, tmp_path):
     site = Site(broker.url, versions[0], device_folder(versions[0], tmp_path), follow="path")
     try:
@@ -257,6 +281,16 @@ def test_only_the_operator_may_deploy_on_a_secure_broker(tmp_path, versions):
                     t, new_command(DEPLOY, run=str(versions[1])), operator="operator"
                 )
             assert reply.ok and db.current == {"ddnn": 2}
+            # the generated ACL lets the server announce retained and a device hear it later
+            with connect("dev0") as t:
+                heard: list[bytes] = []
+                t.subscribe(version_topic("ddnn"), lambda _, payload: heard.append(payload))
+                deadline = time.monotonic() + 5
+                while not heard:
+                    assert time.monotonic() < deadline, "no retained announcement"
+                    time.sleep(0.02)
+            assert decode_message(Announcement, heard[0]).version == 2
+            assert server_t.stats["publishes_refused"] == 0
 
 
 # -- the pieces, without a broker --------------------------------------------------------------
@@ -434,3 +468,39 @@ def test_a_device_still_fetching_at_the_announced_frame_waits_for_it(versions, t
         ready, note_text = follower.take(3)
         assert ready is not None and ready.version == 2 and note_text == ""
         assert follower.version == 2
+
+
+def test_announcements_are_retained_and_a_follower_ignores_the_version_it_runs(
+    versions, hub_name, make_inbox, tmp_path
+):
+    from ddnn.runtime.memory import MemoryTransport
+    from ddnn.runtime.protocol import fetch_filter
+    from ddnn.runtime.rollout import Follower
+
+    v1, v2 = versions
+    with (
+        MemoryTransport(hub_name) as server_t,
+        RolloutControl(server_t, LiveModels([v1])),
+        MemoryTransport(hub_name) as op,
+    ):
+        assert send_command(op, new_command(DEPLOY, run=str(v2)), operator="operator").ok
+        first = make_inbox()
+        op.subscribe(version_topic("ddnn"), first)  # subscribed after the deploy
+        assert decode_message(Announcement, first.get()[1]).version == 2
+        assert send_command(op, new_command(ROLLBACK), operator="operator").ok
+        assert decode_message(Announcement, first.get()[1]).version == 1  # live, as before
+        fetches = make_inbox()
+        op.subscribe(fetch_filter(), fetches)
+        with MemoryTransport(hub_name) as late_t:
+            late = make_inbox()
+            late_t.subscribe(version_topic("ddnn"), late)  # the rollback replaced the deploy's
+            assert decode_message(Announcement, late.get()[1]).version == 1
+            late.assert_empty()
+            follower = Follower(
+                late_t, model="ddnn", version=1, identity="dev0", parts=("device0",),
+                folder=tmp_path / "dev0", prepare=lambda folder: folder,
+            )  # fmt: skip
+            with follower:  # hears the retained v1, which it runs: it does nothing
+                fetches.assert_empty(0.3)
+                assert follower.take(0) == (None, "") and follower.version == 1
+                assert follower.metrics.counter(FETCH_FAILURES.name) == 0

@@ -179,10 +179,13 @@ class RolloutControl(Service):
         publish_quietly(self.transport, command_reply_topic(operator), encode_message(reply))
 
     def _announce(self, change: Change) -> None:
+        """Retained: a device or edge that subscribes later (started or reconnected after the
+        deploy) hears the current version at once, not only at the next deploy."""
         stored = change.stored
         spec = (stored.folder / SPEC_FILE).read_bytes()
         note = Announcement(stored.name, stored.version, sha256_of(spec), str(stored.folder))
-        publish_quietly(self.transport, version_topic(stored.name), encode_message(note))
+        message = encode_message(note)
+        publish_quietly(self.transport, version_topic(stored.name), message, retain=True)
 
     # -- fetches ---------------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 Transports opened with the same hub name see each other's messages. Delivery is asynchronous
 through one dispatcher thread per transport, as with a real broker, so a slow handler delays
-only its own transport and never a publisher.
+only its own transport and never a publisher. A hub keeps retained messages while it has
+members, as a broker without persistence keeps them while it runs.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from ddnn.errors import DdnnError
 from ddnn.runtime.transport import (
     DEFAULT_MAX_PACKET_SIZE,
     Handler,
+    RetainedStore,
     SubscriptionTable,
     Transport,
     check_publish,
@@ -35,6 +37,10 @@ class _Hub:
         self.name = name
         self.table: SubscriptionTable[MemoryTransport] = SubscriptionTable()
         self.members: set[MemoryTransport] = set()
+        self.retained = RetainedStore()
+        # held by retained publishes and by subscribes, so a new subscription gets a retained
+        # message published meanwhile exactly once: from the store or routed
+        self.retain_lock = threading.Lock()
 
 
 _hubs: dict[str, _Hub] = {}
@@ -94,18 +100,34 @@ class MemoryTransport(Transport):
     def max_packet_size(self) -> int:
         return self._max_packet_size
 
-    def publish(self, topic: str, payload: bytes) -> None:
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         self._check_open()
         check_publish(topic, payload, self._max_packet_size)
         data = bytes(payload)  # the publisher may reuse its buffer, as with a socket
+        if retain:
+            self._publish_retained(topic, data)
+            return
         for owner, handler in self._hub.table.route(topic):
             owner._queue.put((topic, data, handler))
 
+    def _publish_retained(self, topic: str, data: bytes) -> None:
+        """Keep (or, empty, clear) the topic's retained message, and deliver it as usual."""
+        hub = self._hub
+        with hub.retain_lock:
+            hub.retained.keep(topic, data)
+            for owner, handler in hub.table.route(topic):
+                owner._queue.put((topic, data, handler))
+
     def subscribe(self, topic_filter: str, handler: Handler) -> None:
+        """Also delivers the matching retained messages, as a broker does on SUBSCRIBE."""
         self._check_open()
         if not callable(handler):
             raise TypeError(f"handler must be callable, got {type(handler).__name__}")
-        self._hub.table.add(self, topic_filter, handler)
+        hub = self._hub
+        with hub.retain_lock:
+            hub.table.add(self, topic_filter, handler)
+            for topic, data in hub.retained.matching(topic_filter):
+                self._queue.put((topic, data, handler))
 
     def unsubscribe(self, topic_filter: str) -> None:
         validate_filter(topic_filter)

@@ -184,13 +184,13 @@ class MosquittoTransport(BrokerTransport):
             logger.error("the libmosquitto loop for %s ended: %s", self.url, reason)
             self._on_connection_lost(libmosq.strerror(rc))
 
-    def _send_publish(self, topic: str, payload: bytes) -> int:
+    def _send_publish(self, topic: str, payload: bytes, retain: bool) -> int:
         if len(self._unacked) >= self._max_queued:
             raise self._backlog_error()
         mid = ctypes.c_int()
         with self._unacked_lock:
             rc = self._lib.mosquitto_publish_v5(
-                self._mosq, ctypes.byref(mid), topic.encode(), len(payload), payload, QOS, False,
+                self._mosq, ctypes.byref(mid), topic.encode(), len(payload), payload, QOS, retain,
                 None,
             )  # fmt: skip
             if rc in (libmosq.ERR_SUCCESS, libmosq.ERR_NO_CONN):

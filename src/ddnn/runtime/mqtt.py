@@ -142,8 +142,8 @@ class MqttTransport(BrokerTransport):
         props.MaximumPacketSize = self._configured_max
         return props
 
-    def _send_publish(self, topic: str, payload: bytes) -> int:
-        info = self._client.publish(topic, payload, qos=QOS)
+    def _send_publish(self, topic: str, payload: bytes, retain: bool) -> int:
+        info = self._client.publish(topic, payload, qos=QOS, retain=retain)
         rc = info.rc
         if rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
             logger.debug("not connected to %s: %r is queued until reconnect", self.url, topic)

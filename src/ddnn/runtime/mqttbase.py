@@ -113,9 +113,9 @@ class BrokerTransport(Transport):
         """Start the network thread, which reconnects by itself until `_shutdown`."""
 
     @abstractmethod
-    def _send_publish(self, topic: str, payload: bytes) -> int:
-        """Queue a QoS-1 PUBLISH; returns its packet id. Offline: queued until reconnect;
-        raises `self._backlog_error()` when too many wait."""
+    def _send_publish(self, topic: str, payload: bytes, retain: bool) -> int:
+        """Queue a QoS-1 PUBLISH (with the RETAIN flag when `retain`); returns its packet id.
+        Offline: queued until reconnect; raises `self._backlog_error()` when too many wait."""
 
     @abstractmethod
     def _subscribe_packet(self, topic_filter: str, sid: int | None) -> int | None:
@@ -192,11 +192,11 @@ class BrokerTransport(Transport):
     def _on_net_thread(self) -> bool:
         return threading.get_ident() == self._net_ident
 
-    def publish(self, topic: str, payload: bytes) -> None:
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         self._check_open()
         check_publish(topic, payload, self.max_packet_size)
         data = bytes(payload) if isinstance(payload, memoryview) else payload
-        self._remember(self._send_publish(topic, data), topic)
+        self._remember(self._send_publish(topic, data, retain), topic)
 
     def subscribe(self, topic_filter: str, handler: Handler) -> None:
         """Returns once the broker acknowledged, so a following publish is seen."""

@@ -31,10 +31,12 @@ log = logging.getLogger(__name__)
 warnings = RateLimitedLog(log)  # a flood of bad messages must not flood the log
 
 
-def publish_quietly(transport: Transport, topic: str, payload: bytes) -> None:
+def publish_quietly(
+    transport: Transport, topic: str, payload: bytes, *, retain: bool = False
+) -> None:
     """Publish, logging instead of raising (disconnected: the requester's deadline covers it)."""
     try:
-        transport.publish(topic, payload)
+        transport.publish(topic, payload, retain=retain)
     except DdnnError as exc:
         warnings.warning("publish", "could not publish to %s: %s", topic, exc)
 

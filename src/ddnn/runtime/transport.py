@@ -1,8 +1,9 @@
 """Message transport interface shared by the in-memory twin and MQTT.
 
 Runtime processes only see `Transport`: they publish bytes on a topic and subscribe handlers to
-topic filters. MQTT semantics (wildcards, `$share` groups, packet size limits) are implemented
-here once so the in-memory transport behaves like a real broker in tests.
+topic filters. MQTT semantics (wildcards, `$share` groups, packet size limits, retained
+messages) are implemented here once so the in-memory transport behaves like a real broker in
+tests.
 """
 
 from __future__ import annotations
@@ -241,6 +242,27 @@ class SubscriptionTable(Generic[OwnerT]):
             return out
 
 
+class RetainedStore:
+    """A broker's retained messages: the last retained payload of each topic (MQTT 3.3.1.3)."""
+
+    def __init__(self) -> None:
+        self._messages: dict[str, bytes] = {}
+
+    def keep(self, topic: str, payload: bytes) -> None:
+        """Remember `payload` for `topic`; an empty payload forgets the topic's message."""
+        if payload:
+            self._messages[topic] = payload
+        else:
+            self._messages.pop(topic, None)
+
+    def matching(self, topic_filter: str) -> list[tuple[str, bytes]]:
+        """What a new subscription to `topic_filter` receives: every retained message it
+        matches. A `$share` member gets them too, as Mosquitto 2.0 does (MQTT 5 says it
+        should not; no ddnn topic is both retained and shared)."""
+        inner = split_shared(topic_filter)[1]
+        return [(t, p) for t, p in self._messages.items() if topic_matches(inner, t)]
+
+
 # --- the interface --------------------------------------------------------------------------
 
 
@@ -272,8 +294,12 @@ class Transport(ABC):
         return {}
 
     @abstractmethod
-    def publish(self, topic: str, payload: bytes) -> None:
-        """Send without waiting; raises DdnnError for bad topics and oversize payloads."""
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        """Send without waiting; raises DdnnError for bad topics and oversize payloads.
+
+        `retain`: the broker keeps this payload as the topic's last retained message and hands
+        it to every later subscription that matches; an empty retained payload clears it. For
+        state a late subscriber needs at once (the current version)."""
 
     @abstractmethod
     def subscribe(self, topic_filter: str, handler: Handler) -> None:
