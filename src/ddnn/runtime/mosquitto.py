@@ -25,9 +25,7 @@ from typing import Any
 
 from ddnn.errors import DdnnError
 from ddnn.runtime import libmosq
-from ddnn.runtime.broker import DEFAULT_PORT
 from ddnn.runtime.mqttbase import FAILURE, QOS, BrokerTransport
-from ddnn.runtime.transport import DEFAULT_MAX_PACKET_SIZE
 
 logger = logging.getLogger(__name__)
 
@@ -39,31 +37,13 @@ class MosquittoTransport(BrokerTransport):
     CONNACK arrived. Takes the same arguments as `MqttTransport` except an `ssl.SSLContext`
     (libmosquitto reads certificate files itself)."""
 
-    def __init__(
+    def _setup(
         self,
-        host: str = "127.0.0.1",
-        port: int = DEFAULT_PORT,
-        *,
-        client_id: str | None = None,
-        username: str | None = None,
-        password: str | None = None,
-        tls: bool | Mapping[str, Any] = False,
-        connect_timeout: float = 5.0,
-        keepalive: int = 30,
-        max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
-        reconnect_delay: tuple[float, float] = (0.25, 8.0),
-        max_queued_messages: int = 1000,
+        username: str | None,
+        password: str | None,
+        tls: bool | Mapping[str, Any] | ssl.SSLContext,
+        reconnect_delay: tuple[float, float],
     ) -> None:
-        super().__init__(
-            f"{'mqtts' if tls else 'mqtt'}://{host}:{port}",
-            client_id=client_id,
-            username=username,
-            connect_timeout=connect_timeout,
-            max_packet_size=max_packet_size,
-            max_queued_messages=max_queued_messages,
-        )
-        if password is not None and username is None:
-            raise DdnnError("a password was given without a username; pass username= too")
         self._lib = libmosq.lib()
         self._unacked: set[int] = set()  # QoS-1 publishes waiting for PUBACK
         # a PUBACK can come back before mosquitto_publish_v5 has returned the packet id to
@@ -90,13 +70,12 @@ class MosquittoTransport(BrokerTransport):
         except BaseException:
             self._free()
             raise
-        self._connect(host, port, keepalive)
 
     def _configure(
         self,
         username: str | None,
         password: str | None,
-        tls: bool | Mapping[str, Any],
+        tls: bool | Mapping[str, Any] | ssl.SSLContext,
         reconnect_delay: tuple[float, float],
     ) -> None:
         lib, mosq = self._lib, self._mosq
@@ -125,7 +104,7 @@ class MosquittoTransport(BrokerTransport):
         if tls:
             self._configure_tls(tls)
 
-    def _configure_tls(self, tls: bool | Mapping[str, Any]) -> None:
+    def _configure_tls(self, tls: bool | Mapping[str, Any] | ssl.SSLContext) -> None:
         """True: the system CAs; a mapping: paho's `ca_certs` / `certfile` / `keyfile`."""
         if isinstance(tls, ssl.SSLContext) or not (tls is True or isinstance(tls, Mapping)):
             raise DdnnError(

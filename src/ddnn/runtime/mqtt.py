@@ -25,9 +25,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ddnn.errors import DdnnError
-from ddnn.runtime.broker import DEFAULT_PORT
 from ddnn.runtime.mqttbase import QOS, BrokerTransport
-from ddnn.runtime.transport import DEFAULT_MAX_PACKET_SIZE
 
 logger = logging.getLogger(__name__)
 
@@ -71,34 +69,17 @@ class MqttTransport(BrokerTransport):
     """A connection to an MQTT v5 broker through paho; the constructor returns once CONNACK
     arrived. The shared bookkeeping is `BrokerTransport`'s."""
 
-    def __init__(
+    def _setup(
         self,
-        host: str = "127.0.0.1",
-        port: int = DEFAULT_PORT,
-        *,
-        client_id: str | None = None,
-        username: str | None = None,
-        password: str | None = None,
-        tls: bool | Mapping[str, Any] | ssl.SSLContext = False,
-        connect_timeout: float = 5.0,
-        keepalive: int = 30,
-        max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
-        reconnect_delay: tuple[float, float] = (0.25, 8.0),
-        max_queued_messages: int = 1000,
+        username: str | None,
+        password: str | None,
+        tls: bool | Mapping[str, Any] | ssl.SSLContext,
+        reconnect_delay: tuple[float, float],
     ) -> None:
-        super().__init__(
-            f"{'mqtts' if tls else 'mqtt'}://{host}:{port}",
-            client_id=client_id,
-            username=username,
-            connect_timeout=connect_timeout,
-            max_packet_size=max_packet_size,
-            max_queued_messages=max_queued_messages,
-        )
         self._client = self._make_client(username, password, tls)
-        self._client.connect_timeout = connect_timeout
+        self._client.connect_timeout = self._timeout
         self._client.reconnect_delay_set(*reconnect_delay)  # type: ignore[arg-type]
-        self._client.max_queued_messages_set(max_queued_messages)
-        self._connect(host, port, keepalive)
+        self._client.max_queued_messages_set(self._max_queued)
 
     def _make_client(
         self,
@@ -121,8 +102,6 @@ class MqttTransport(BrokerTransport):
         client.on_subscribe = self._paho_subscribe
         client.on_message = self._paho_message
         client.on_publish = self._paho_publish
-        if password is not None and username is None:
-            raise DdnnError("a password was given without a username; pass username= too")
         if username is not None:
             client.username_pw_set(username, password)
         _configure_tls(client, tls)

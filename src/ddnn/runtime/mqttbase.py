@@ -16,12 +16,13 @@ import threading
 import uuid
 from abc import abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Self
 
 from ddnn.errors import DdnnError
-from ddnn.runtime.broker import parse_broker_url
+from ddnn.runtime.broker import DEFAULT_PORT, parse_broker_url
 from ddnn.runtime.transport import (
+    DEFAULT_MAX_PACKET_SIZE,
     Handler,
     Transport,
     check_publish,
@@ -47,20 +48,29 @@ _ROUTE_TOPIC_MAX = 256  # longer topics are matched every time: the cache stays 
 
 
 class BrokerTransport(Transport):
-    """A connection to an MQTT v5 broker; a subclass's constructor returns once CONNACK
-    arrived (see `_connect`)."""
+    """A connection to an MQTT v5 broker; the constructor returns once CONNACK arrived (see
+    `_connect`). `tls`: True for the system CAs, a mapping of paho's `tls_set()` names
+    (`ca_certs`, `certfile`, `keyfile`), or (paho only) an `ssl.SSLContext`. A subclass builds
+    its library's client in `_setup`; every other argument means the same for both."""
 
     def __init__(
         self,
-        url: str,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
         *,
-        client_id: str | None,
-        username: str | None,
-        connect_timeout: float,
-        max_packet_size: int,
-        max_queued_messages: int,
+        client_id: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        tls: bool | Mapping[str, Any] | ssl.SSLContext = False,
+        connect_timeout: float = 5.0,
+        keepalive: int = 30,
+        max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
+        reconnect_delay: tuple[float, float] = (0.25, 8.0),
+        max_queued_messages: int = 1000,
     ) -> None:
-        self.url = url
+        if password is not None and username is None:
+            raise DdnnError("a password was given without a username; pass username= too")
+        self.url = f"{'mqtts' if tls else 'mqtt'}://{host}:{port}"
         self.client_id = client_id or f"ddnn-{uuid.uuid4().hex[:12]}"
         self._username = username
         self._configured_max = max_packet_size
@@ -90,6 +100,8 @@ class BrokerTransport(Transport):
         self._recent: OrderedDict[int, str] = OrderedDict()  # mid -> topic, to name refusals
         self._unnamed: dict[int, Callable[[str], None]] = {}  # refusals awaiting their topic
         self._names_lock = threading.Lock()
+        self._setup(username, password, tls, reconnect_delay)
+        self._connect(host, port, keepalive)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Self:
@@ -103,6 +115,17 @@ class BrokerTransport(Transport):
         return cls(host, port, **kwargs)
 
     # --- what a client library provides -----------------------------------------------------
+
+    @abstractmethod
+    def _setup(
+        self,
+        username: str | None,
+        password: str | None,
+        tls: bool | Mapping[str, Any] | ssl.SSLContext,
+        reconnect_delay: tuple[float, float],
+    ) -> None:
+        """Build the library's client (credentials, TLS, reconnect delays, callbacks), not yet
+        connected; `self._timeout` and `self._max_queued` are set."""
 
     @abstractmethod
     def _open(self, host: str, port: int, keepalive: int) -> None:
