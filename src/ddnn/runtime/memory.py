@@ -104,19 +104,16 @@ class MemoryTransport(Transport):
         self._check_open()
         check_publish(topic, payload, self._max_packet_size)
         data = bytes(payload)  # the publisher may reuse its buffer, as with a socket
-        if retain:
-            self._publish_retained(topic, data)
+        if not retain:
+            self._route(topic, data)
             return
+        with self._hub.retain_lock:  # kept (or, empty, cleared), and delivered as usual
+            self._hub.retained.keep(topic, data)
+            self._route(topic, data)
+
+    def _route(self, topic: str, data: bytes) -> None:
         for owner, handler in self._hub.table.route(topic):
             owner._queue.put((topic, data, handler))
-
-    def _publish_retained(self, topic: str, data: bytes) -> None:
-        """Keep (or, empty, clear) the topic's retained message, and deliver it as usual."""
-        hub = self._hub
-        with hub.retain_lock:
-            hub.retained.keep(topic, data)
-            for owner, handler in hub.table.route(topic):
-                owner._queue.put((topic, data, handler))
 
     def subscribe(self, topic_filter: str, handler: Handler) -> None:
         """Also delivers the matching retained messages, as a broker does on SUBSCRIBE."""

@@ -27,6 +27,12 @@ from ddnn.runtime.metric_names import PREFIX, MetricName
 log = logging.getLogger(__name__)
 
 CounterKey = tuple[str, tuple[tuple[str, str], ...]]  # name and sorted labels
+
+
+def _counter_key(name: str, labels: dict[str, str]) -> CounterKey:
+    return (name, tuple(sorted(labels.items())) if labels else ())
+
+
 LATENCY_BUCKETS_MS = (0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 
 
@@ -45,7 +51,7 @@ class Metrics:
         self.registry.register(self)
 
     def inc(self, name: str, help_text: str = "", value: float = 1.0, **labels: str) -> None:
-        key = (name, tuple(sorted(labels.items())) if labels else ())
+        key = _counter_key(name, labels)
         with self._lock:
             self._counters[key] = self._counters.get(key, 0.0) + value
             self._help.setdefault(name, help_text)
@@ -73,7 +79,7 @@ class Metrics:
         labels nor takes the lock once per counter."""
         with self._lock:
             self._help.setdefault(metric.name, metric.help)
-        return (metric.name, tuple(sorted(labels.items())))
+        return _counter_key(metric.name, labels)
 
     def update(
         self,
