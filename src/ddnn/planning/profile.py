@@ -200,15 +200,17 @@ def _measure(
     upper = [x for x in srv_layers if x["section"] not in dev_names]
     layers = [LayerTime(x["section"], x["layer"], "device", _timing(x)) for x in dev_layers]
     layers += [LayerTime(x["section"], x["layer"], "server", _timing(x)) for x in srv_layers]
-    rows, cloud_only, samples = _threshold_rows(stored, model, limit)
+    val = stored.data_source().load(val_fraction=0.1).val  # loaded once for rows and paths
+    rows, cloud_only, samples = _threshold_rows(model, val.head(limit))
     wire, only_wire = split_wire(model), server_only_wire(model)
     ram, flash = _footprint(model)
     device_s = _per_sample(dev_layers, repeats).mean / 1e3
     # through the emulated link's relay (delay and rate), the split's requests paced by the
     # device time: the server and both clients idle between requests as long as in a run
-    gaps = {SERVER_ONLY_PATH: 0.0} | ({SPLIT_PATH: device_s} if wire is not None else {})
-    measured = server_paths(run, _offloads(stored, gaps), repeats, link)
-    wires = {SERVER_ONLY_PATH: only_wire, SPLIT_PATH: wire}
+    wires = {SERVER_ONLY_PATH: only_wire} | ({SPLIT_PATH: wire} if wire is not None else {})
+    gaps = {k: device_s if k == SPLIT_PATH else 0.0 for k in wires}
+    offloads = _offloads(stored, val.head(OFFLOAD_INPUTS).images, gaps)
+    measured = server_paths(run, offloads, repeats, link)
     paths = {
         k: replace(path, link_ms=link_ms(wires[k], link.rate_mbit, link.delay_ms))
         for k, path in measured.items()
@@ -245,15 +247,15 @@ def _measure(
 SPLIT_PATH, SERVER_ONLY_PATH = DEVICE_SERVER, SERVER_ONLY  # the two deployments' paths
 
 
-def _offloads(stored: StoredModel, gaps: dict[str, float]) -> dict[str, Offload]:
-    """The design's real requests: raw views for server-only and, with a device section (a
-    SPLIT_PATH gap), the device's own features of the same validation samples, encoded by the
-    device's code; each path's requests `gaps` seconds apart, as a run sends them."""
+def _offloads(stored: StoredModel, images: Any, gaps: dict[str, float]) -> dict[str, Offload]:
+    """The design's real requests for validation `images` [N, C, H, W] uint8: raw views for
+    server-only and, with a device section (a SPLIT_PATH gap), the device's own features of the
+    same samples, encoded by the device's code; each path's requests `gaps` seconds apart, as a
+    run sends them."""
     from ddnn.export.engines import create_engine
     from ddnn.model.views import device_view
     from ddnn.runtime.device import offload_tensor, view_tensor
 
-    images = stored.data_source().load(val_fraction=0.1).val.head(OFFLOAD_INPUTS).images
     views = device_view(images.float().div(255), stored.spec, 0).numpy()  # [N, C, h, w]
     found = {SERVER_ONLY_PATH: Offload(0, list(views), view_tensor, gaps[SERVER_ONLY_PATH])}
     if SPLIT_PATH in gaps:
@@ -293,11 +295,8 @@ def _exit_bytes(model: HierarchicalModel) -> dict[str, int]:
     return out
 
 
-def _threshold_rows(
-    stored: StoredModel, model: HierarchicalModel, limit: int | None
-) -> tuple[list[ThresholdRow], float, int]:
-    """Exit rate, accuracy and payload per threshold on the validation split."""
-    split = stored.data_source().load(val_fraction=0.1).val.head(limit)
+def _threshold_rows(model: HierarchicalModel, split: Any) -> tuple[list[ThresholdRow], float, int]:
+    """Exit rate, accuracy and payload per threshold on (part of) the validation split."""
     outputs = collect_outputs(model, split)
     reports = sweep(outputs, lambda t: evaluate_outputs(model, outputs, t))
     rows = [
