@@ -55,18 +55,20 @@ class CountingModels(LiveModels):
         self.answered[version] += 1
 
 
-@pytest.fixture(scope="module")
-def versions(tiny_ddnn, tmp_path_factory) -> tuple[Path, Path]:
-    """v1 (a copy of the tiny run: devices write fetched versions into their folder) and v2,
+def two_versions(run: Path, root: Path) -> tuple[Path, Path]:
+    """v1 (a copy of `run`: devices write fetched versions into their folder) and v2,
     fine-tuned in the crudest way: every weight nudged, saved through the store as version 2."""
-    root = tmp_path_factory.mktemp("versions")
-    v1 = Path(shutil.copytree(tiny_ddnn, root / "v1"))
+    v1 = Path(shutil.copytree(run, root / "v1"))
     model = load_model(v1)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.01 * torch.randn_like(p))
-    v2 = save_model(model, root / "v2", version=2, parent=str(v1))
-    return v1, v2
+    return v1, save_model(model, root / "v2", version=2, parent=str(v1))
+
+
+@pytest.fixture(scope="module")
+def versions(tiny_ddnn, tmp_path_factory) -> tuple[Path, Path]:
+    return two_versions(tiny_ddnn, tmp_path_factory.mktemp("versions"))
 
 
 def device_folder(v1: Path, tmp_path: Path) -> Path:
@@ -326,13 +328,7 @@ def test_live_models_refuse_a_version_clash_and_list_what_rollback_can_reach(ver
 
 @pytest.fixture(scope="module")
 def multiview_versions(tiny_multiview, tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("mv-versions")
-    v1 = Path(shutil.copytree(tiny_multiview, root / "v1"))
-    model = load_model(v1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.01 * torch.randn_like(p))
-    return v1, save_model(model, root / "v2", version=2, parent=str(v1))
+    return two_versions(tiny_multiview, tmp_path_factory.mktemp("mv-versions"))
 
 
 def test_the_devices_of_a_multi_device_model_switch_at_the_frame_the_edge_announces(
